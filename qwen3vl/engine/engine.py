@@ -1,0 +1,184 @@
+"""The generation engine: requests in, token-by-token outputs out, over a paged KV cache.
+
+`Engine.add_request` turns a prepared prompt (token ids + media items) into one sequence per sample (`n`),
+computing its MRoPE positions once. `Engine.step` schedules, runs the model once, samples, applies stop
+rules and returns what each sequence produced this step. The engine is single-threaded; a server drives it
+from one background loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from qwen3vl.engine.block_manager import BlockManager
+from qwen3vl.engine.runner import KVCache, ModelRunner
+from qwen3vl.engine.sampling import SamplingParams, sample
+from qwen3vl.engine.scheduler import Scheduler
+from qwen3vl.engine.sequence import MediaItem, Sequence, Status
+from qwen3vl.model.positions import IMAGE, TEXT, VIDEO, sequence_positions
+
+log = logging.getLogger(__name__)
+
+
+class PromptTooLongError(ValueError):
+    """A prompt does not fit the context window or the KV cache."""
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    num_blocks: int | None = None  # None: from kv_cache_bytes
+    kv_cache_bytes: int = 2 * 1024**3
+    max_num_seqs: int = 64
+    max_batch_tokens: int = 2048
+    max_model_len: int | None = None  # None: the model's max_position_embeddings, capped by the cache
+    enable_prefix_cache: bool = True
+    vision_cache_bytes: int = 512 * 1024**2
+
+
+@dataclass
+class StepOutput:
+    seq: Sequence
+    new_tokens: list[int] = field(default_factory=list)
+    finished: bool = False
+
+
+class Engine:
+    def __init__(self, model, eos_token_ids: list[int], config: EngineConfig | None = None,
+                 decode: Callable[[list[int]], str] | None = None):
+        self.model = model
+        self.config = cfg = config or EngineConfig()
+        tc = model.config.text_config
+        num_blocks = cfg.num_blocks or max(
+            2, cfg.kv_cache_bytes // KVCache.bytes_per_block(tc.num_hidden_layers, cfg.block_size,
+                                                             tc.num_key_value_heads, tc.head_dim, model.dtype))
+        self.capacity = num_blocks * cfg.block_size
+        self.max_model_len = min(cfg.max_model_len or tc.max_position_embeddings, self.capacity)
+        self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_cache)
+        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_batch_tokens)
+        self.runner = ModelRunner(model, num_blocks, cfg.block_size, cfg.vision_cache_bytes)
+        self.eos_token_ids = set(eos_token_ids)
+        self.decode_fn = decode
+        self.requests: dict[str, list[Sequence]] = {}
+        self.merge = model.config.vision_config.spatial_merge_size
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                    media: list[MediaItem] | None = None, kinds: list[str] | None = None) -> list[Sequence]:
+        """Queue a prompt. `media` items carry their pad-token ranges; `kinds` says 'image' or 'video' per item."""
+        params.validate()
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        media = sorted(media or [], key=lambda m: m.offset)
+        kinds = kinds or ["image"] * len(media)
+        n = len(prompt_ids)
+        if n >= self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {n} tokens, but the context allows at most {self.max_model_len - 1} prompt tokens "
+                f"(max_model_len {self.max_model_len}, KV cache {self.capacity} tokens)")
+        positions, delta = self._positions(n, media, kinds)
+        seqs = []
+        for i in range(params.n):
+            gen = None
+            if not params.greedy:
+                gen = torch.Generator(device="cpu")
+                gen.manual_seed(params.seed + i if params.seed is not None else torch.seed())
+            seq = Sequence(prompt_ids=list(prompt_ids), params=params, prompt_positions=positions, rope_delta=delta,
+                           media=media, request_id=request_id, generator=gen, arrival=time.monotonic())
+            seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = seqs
+        self.stats["prompt_tokens"] += n * params.n
+        return seqs
+
+    def _positions(self, n: int, media: list[MediaItem], kinds: list[str]) -> tuple[np.ndarray, int]:
+        types = np.full(n, TEXT, dtype=np.int64)
+        images, videos = [], []
+        for m, kind in zip(media, kinds):
+            t, h, w = m.grid_thw
+            expected = t * (h // self.merge) * (w // self.merge)
+            if m.num_tokens != expected or m.end > n:
+                raise ValueError(f"{kind} at token {m.offset} spans {m.num_tokens} tokens but its grid "
+                                 f"{t}x{h}x{w} needs {expected}")
+            types[m.offset:m.end] = VIDEO if kind == "video" else IMAGE
+            (videos if kind == "video" else images).append(m.grid_thw)
+        return sequence_positions(types, images, videos, self.merge)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now and free its cache blocks (e.g. a client disconnected)."""
+        for seq in self.requests.pop(request_id, []):
+            if seq.status is not Status.FINISHED:
+                self.scheduler.finish(seq, "abort")
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ------------------------------------------------------------------ stepping
+    def step(self) -> list[StepOutput]:
+        chunks = self.scheduler.schedule()
+        if not chunks:
+            if self.scheduler.waiting and not self.scheduler.running:
+                # nothing runs and the head of the queue cannot get blocks: it can never run
+                seq = self.scheduler.waiting[0]
+                self.scheduler.finish(seq, "length")
+                return [StepOutput(seq, [], True)]
+            return []
+        logits = self.runner.execute(chunks)
+        self.stats["steps"] += 1
+        outputs: list[StepOutput] = []
+        row = 0
+        for c in chunks:
+            seq = c.seq
+            seq.num_computed = c.end
+            self.blocks.register_full_blocks(seq)
+            if not c.samples:
+                continue
+            out = self._sample(seq, logits[row])
+            row += 1
+            outputs.append(out)
+        return outputs
+
+    def _sample(self, seq: Sequence, logits: torch.Tensor) -> StepOutput:
+        p = seq.params
+        banned = None
+        if len(seq.output_ids) < p.min_tokens:
+            banned = sorted(self.eos_token_ids | set(p.stop_token_ids))
+        s = sample(logits, p, seq.prompt_ids, seq.output_ids, seq.generator, banned)
+        seq.output_ids.append(s.token)
+        if p.logprobs is not None:
+            seq.logprobs.append((s.logprob, s.top))
+        self.stats["generated_tokens"] += 1
+        reason = None
+        if (s.token in self.eos_token_ids and not p.ignore_eos) or s.token in p.stop_token_ids:
+            reason = "stop"
+        elif p.stop and self.decode_fn is not None and self._hit_stop_string(seq):
+            reason = "stop"
+        elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
+        return StepOutput(seq, [s.token], reason is not None)
+
+    def _hit_stop_string(self, seq: Sequence) -> bool:
+        # only the tail can contain a new match: decode a window long enough for the longest stop string
+        longest = max(len(s) for s in seq.params.stop)
+        tail = self.decode_fn(seq.output_ids[-(longest + 8):])
+        for s in seq.params.stop:
+            if s in tail:
+                text = self.decode_fn(seq.output_ids)
+                seq.stop_text = s
+                return s in text
+        return False
+
+    def run_until_done(self) -> None:
+        while self.has_work():
+            self.step()

@@ -1,0 +1,223 @@
+"""The model runner: the only place the engine builds tensors.
+
+One step packs every scheduled chunk into a single row of T tokens (B = 1), runs the decoder once with a
+`PagedAttention` backend, and returns the logits of the chunks that sample.
+
+Legend: T packed tokens this step, L layers, NB blocks, BS block size, K kv heads, H query heads, Dh head dim.
+
+KV cache: per layer one (NB*BS, K, Dh) tensor for keys and one for values; a token's slot is
+`block_table[pos // BS] * BS + pos % BS`.
+
+Vision: each media item (by content hash) is encoded once and kept in an LRU cache bounded in bytes, so the
+same image across turns or requests, or a long prompt prefilled in several chunks, costs one ViT pass.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qwen3vl.engine.scheduler import Chunk
+from qwen3vl.engine.sequence import MediaItem
+
+
+@dataclass
+class _SeqAttn:
+    q_start: int
+    n: int
+    ctx: int
+    slots: torch.Tensor  # (ctx,) cache slots of the sequence's tokens 0..ctx-1
+
+
+class PagedAttention:
+    """Attention backend for one engine step: writes new keys/values into their slots, then attends each
+    chunk's queries over its sequence's cached keys/values (causal within the chunk)."""
+
+    def __init__(self, cache: "KVCache", new_slots: torch.Tensor, seqs: list[_SeqAttn]):
+        self.cache = cache
+        self.new_slots = new_slots
+        self.seqs = seqs
+        self.decodes = [s for s in seqs if s.n == 1]
+        self.others = [s for s in seqs if s.n != 1]
+        if len(self.decodes) > 1:
+            # one batched call for all single-token chunks: gather into (B, maxctx) with a padding mask
+            maxctx = max(s.ctx for s in self.decodes)
+            slots = torch.zeros(len(self.decodes), maxctx, dtype=torch.long)
+            mask = torch.zeros(len(self.decodes), maxctx, dtype=torch.bool)
+            for i, s in enumerate(self.decodes):
+                slots[i, :s.ctx] = s.slots
+                mask[i, :s.ctx] = True
+            device = cache.device
+            self._dec_slots = slots.to(device)
+            self._dec_mask = mask.to(device)[:, None, None, :]
+            self._dec_q = torch.tensor([s.q_start for s in self.decodes], device=device)
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        kc, vc = self.cache.k[layer_idx], self.cache.v[layer_idx]
+        kc[self.new_slots] = k[0].to(kc.dtype)
+        vc[self.new_slots] = v[0].to(vc.dtype)
+        out = torch.empty_like(q)
+        gqa = q.shape[2] != k.shape[2]
+        if len(self.decodes) > 1:
+            qd = q[0, self._dec_q][:, :, None, :]  # (B, H, 1, Dh)
+            kd = kc[self._dec_slots].transpose(1, 2)  # (B, K, maxctx, Dh)
+            vd = vc[self._dec_slots].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=self._dec_mask, scale=scale, enable_gqa=gqa)
+            out[0, self._dec_q] = o[:, :, 0, :]
+            singles = self.others
+        else:
+            singles = self.seqs
+        for s in singles:
+            qs = q[0, s.q_start:s.q_start + s.n].transpose(0, 1)[None]  # (1, H, n, Dh)
+            ks = kc[s.slots].transpose(0, 1)[None]  # (1, K, ctx, Dh)
+            vs = vc[s.slots].transpose(0, 1)[None]
+            if s.n == 1:
+                o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=gqa)
+            elif s.n == s.ctx:
+                o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa)
+            else:
+                qpos = torch.arange(s.ctx - s.n, s.ctx, device=q.device)
+                mask = torch.arange(s.ctx, device=q.device)[None, :] <= qpos[:, None]
+                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=gqa)
+            out[0, s.q_start:s.q_start + s.n] = o[0].transpose(0, 1)
+        return out
+
+
+class KVCache:
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        slots = num_blocks * block_size
+        self.block_size = block_size
+        self.device = device
+        self.k = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * block_size * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+class VisionCache:
+    """LRU of vision features by content hash, bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[str, tuple[torch.Tensor, list[torch.Tensor]]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _size(value) -> int:
+        embeds, deep = value
+        return sum(t.numel() * t.element_size() for t in [embeds, *deep])
+
+    def get(self, key: str):
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value) -> None:
+        if key in self.items:
+            return
+        size = self._size(value)
+        if size > self.max_bytes:
+            return
+        self.items[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.items.popitem(last=False)
+            self.bytes -= self._size(old)
+
+
+class ModelRunner:
+    def __init__(self, model, num_blocks: int, block_size: int, vision_cache_bytes: int = 512 * 1024**2):
+        cfg = model.config.text_config
+        self.model = model
+        self.device = model.device
+        self.dtype = model.dtype
+        self.block_size = block_size
+        self.cache = KVCache(cfg.num_hidden_layers, num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim,
+                             self.dtype, self.device)
+        self.vision_cache = VisionCache(vision_cache_bytes)
+
+    def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
+        pos = torch.arange(start, end)
+        blocks = torch.tensor(table, dtype=torch.long)[pos // self.block_size]
+        return blocks * self.block_size + pos % self.block_size
+
+    def _vision(self, chunks: list[Chunk]) -> dict[str, tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Features of every media item touched this step, encoding the missing ones in one ViT call."""
+        found: dict[str, tuple] = {}
+        missing: dict[str, MediaItem] = {}
+        for c in chunks:
+            for m in c.seq.media_in(c.start, c.end):
+                if m.key in found or m.key in missing:
+                    continue
+                value = self.vision_cache.get(m.key)
+                if value is not None:
+                    self.vision_cache.hits += 1
+                    found[m.key] = value
+                else:
+                    self.vision_cache.misses += 1
+                    missing[m.key] = m
+        if missing:
+            items = list(missing.values())
+            pixels = torch.cat([m.pixel_values for m in items]).to(self.device)
+            feats = self.model.encode_vision(pixels, [list(m.grid_thw) for m in items])
+            sizes = [m.num_tokens for m in items]
+            embeds = feats.embeds.split(sizes)
+            deep = [level.split(sizes) for level in feats.deepstack]
+            for i, m in enumerate(items):
+                value = (embeds[i], [d[i] for d in deep])
+                self.vision_cache.put(m.key, value)
+                found[m.key] = value
+        return found
+
+    @torch.inference_mode()
+    def execute(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Run one step; returns float32 logits (number of sampling chunks, V) in chunk order."""
+        ids: list[int] = []
+        positions: list[np.ndarray] = []
+        new_slots: list[torch.Tensor] = []
+        attn: list[_SeqAttn] = []
+        vis_rows: list[tuple[str, int, int]] = []
+        vis_index: list[int] = []
+        sample_rows: list[int] = []
+        for c in chunks:
+            seq, q_start = c.seq, len(ids)
+            ids += seq.tokens(c.start, c.end)
+            positions.append(seq.positions(c.start, c.end))
+            slots = self._slots(seq.block_table, 0, c.end)
+            new_slots.append(slots[c.start:])
+            attn.append(_SeqAttn(q_start, c.num_tokens, c.end, slots.to(self.device)))
+            for m in seq.media_in(c.start, c.end):
+                lo, hi = max(c.start, m.offset), min(c.end, m.end)
+                vis_rows.append((m.key, lo - m.offset, hi - m.offset))
+                vis_index.extend(range(q_start + lo - c.start, q_start + hi - c.start))
+            if c.samples:
+                sample_rows.append(len(ids) - 1)
+        dev = self.device
+        input_ids = torch.tensor([ids], dtype=torch.long, device=dev)
+        pos = torch.from_numpy(np.concatenate(positions, axis=1)).to(dev)[:, None, :]  # (3, 1, T)
+        backend = PagedAttention(self.cache, torch.cat(new_slots).to(dev), attn)
+        x = self.model.model.language_model.embed_tokens(input_ids)
+        visual_mask = deepstack = None
+        if vis_rows:
+            feats = self._vision(chunks)
+            embeds = torch.cat([feats[k][0][a:b] for k, a, b in vis_rows])
+            levels = len(next(iter(feats.values()))[1])
+            deepstack = [torch.cat([feats[k][1][lvl][a:b] for k, a, b in vis_rows]) for lvl in range(levels)]
+            visual_mask = torch.zeros(1, len(ids), dtype=torch.bool, device=dev)
+            visual_mask[0, torch.tensor(vis_index, device=dev)] = True
+            x = x.masked_scatter(visual_mask[..., None], embeds.to(x.dtype))
+        hidden = self.model.decode(x, pos, backend, visual_mask, deepstack)
+        if not sample_rows:
+            return torch.empty(0, self.model.config.text_config.vocab_size)
+        rows = hidden[0, torch.tensor(sample_rows, device=dev)]
+        return self.model.logits(rows).float()

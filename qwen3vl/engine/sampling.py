@@ -1,0 +1,140 @@
+"""Sampling parameters and the sampler: a small pure function over logits.
+
+Order of operations (as transformers and vLLM do): penalties on raw logits, then temperature, then top-k,
+top-p and min-p filtering, then a draw from each request's own generator. Temperature 0 means greedy.
+Penalties follow the usual semantics: `repetition_penalty` (multiplicative, over prompt and output tokens),
+`presence_penalty` and `frequency_penalty` (additive, OpenAI-style, over output tokens only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    n: int = 1
+    logprobs: int | None = None  # how many top alternatives to report per token (0: only the chosen one)
+
+    def validate(self) -> "SamplingParams":
+        def bad(name: str, why: str):
+            raise ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            bad("max_tokens", "must be an integer >= 1")
+        if self.temperature < 0:
+            bad("temperature", "must be >= 0")
+        if not 0 < self.top_p <= 1:
+            bad("top_p", "must be in (0, 1]")
+        if not 0 <= self.min_p <= 1:
+            bad("min_p", "must be in [0, 1]")
+        if self.top_k < -1:
+            bad("top_k", "must be -1, 0 (off) or a positive integer")
+        if self.repetition_penalty <= 0:
+            bad("repetition_penalty", "must be > 0")
+        if not -2 <= self.presence_penalty <= 2:
+            bad("presence_penalty", "must be in [-2, 2]")
+        if not -2 <= self.frequency_penalty <= 2:
+            bad("frequency_penalty", "must be in [-2, 2]")
+        if not isinstance(self.n, int) or self.n < 1:
+            bad("n", "must be an integer >= 1")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            bad("logprobs", "must be in [0, 20]")
+        if self.min_tokens < 0:
+            bad("min_tokens", "must be >= 0")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def from_generation_config(cfg: dict) -> dict:
+    """Sampling defaults from a checkpoint's generation_config.json (greedy when do_sample is false)."""
+    out: dict = {}
+    if cfg.get("do_sample") is False:
+        out["temperature"] = 0.0
+    else:
+        for key in ("temperature", "top_k", "top_p", "repetition_penalty", "min_p"):
+            if cfg.get(key) is not None:
+                out[key] = cfg[key]
+    return out
+
+
+@dataclass
+class SampleOutput:
+    token: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None
+
+
+def apply_penalties(logits: torch.Tensor, p: SamplingParams, prompt_ids: list[int], output_ids: list[int]) -> torch.Tensor:
+    """logits (V,) float32 -> penalised logits (new tensor when anything applies)."""
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), dtype=torch.long, device=logits.device)
+        if len(seen):
+            vals = logits[seen]
+            logits = logits.clone()
+            logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and output_ids:
+        ids = torch.tensor(output_ids, dtype=torch.long, device=logits.device)
+        counts = torch.bincount(ids, minlength=logits.shape[-1])[: logits.shape[-1]].to(logits.dtype)
+        logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Temperature-scaled logits (V,) with tokens outside top-k / top-p / min-p set to -inf."""
+    x = logits / p.temperature
+    if p.top_k and p.top_k > 0 and p.top_k < x.shape[-1]:
+        kth = torch.topk(x, p.top_k).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_x, order = torch.sort(x, descending=True)
+        probs = sorted_x.softmax(-1)
+        # drop a token when the mass strictly before it already reaches top_p (always keeps the first)
+        drop = (probs.cumsum(-1) - probs) >= p.top_p
+        x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    if p.min_p > 0:
+        probs = x.softmax(-1)
+        x = x.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
+    return x
+
+
+def sample(logits: torch.Tensor, p: SamplingParams, prompt_ids: list[int], output_ids: list[int],
+           generator: torch.Generator | None, banned: list[int] | None = None) -> SampleOutput:
+    """Pick the next token from one sequence's logits (V,) (any float dtype)."""
+    x = apply_penalties(logits.float(), p, prompt_ids, output_ids)
+    if banned:
+        x = x.clone()
+        x[banned] = float("-inf")
+    if p.greedy:
+        token = int(torch.argmax(x))
+    else:
+        probs = filter_logits(x, p).softmax(-1)
+        token = int(torch.multinomial(probs, 1, generator=generator))
+    if p.logprobs is None:
+        return SampleOutput(token)
+    logprobs = x.log_softmax(-1)  # reported on the penalised, unscaled distribution
+    top = None
+    if p.logprobs > 0:
+        vals, ids = logprobs.topk(p.logprobs)
+        top = list(zip(ids.tolist(), vals.tolist()))
+    return SampleOutput(token, float(logprobs[token]), top)

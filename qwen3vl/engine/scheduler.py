@@ -1,0 +1,110 @@
+"""Continuous batching: which sequences run this step, and how many of their tokens. No torch here.
+
+Each step has a token budget. Running sequences go first, in arrival order (a decoding sequence needs one
+token; one still in prefill takes a chunk), so a long prompt never stalls everyone's decoding: it is fed in
+chunks between decode steps. Then waiting sequences are admitted while blocks and budget last.
+
+When the cache runs out of blocks, the newest running sequence is preempted: its blocks are freed and it
+goes back to the front of the queue; later it recomputes its keys/values from its tokens (prompt plus what it
+generated), so its output is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from qwen3vl.engine.block_manager import BlockManager
+from qwen3vl.engine.sequence import Sequence, Status
+
+
+@dataclass
+class Chunk:
+    seq: Sequence
+    start: int
+    num_tokens: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+    @property
+    def samples(self) -> bool:
+        """Whether this chunk reaches the sequence's last known token, so its logits give the next token."""
+        return self.end == self.seq.num_tokens
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, max_num_seqs: int = 64, max_batch_tokens: int = 2048):
+        if max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be >= 1")
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        self.max_batch_tokens = max_batch_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.release(seq)
+        self.running.remove(seq)
+        seq.status = Status.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def schedule(self) -> list[Chunk]:
+        budget = self.max_batch_tokens
+        chunks: list[Chunk] = []
+        scheduled: set[int] = set()
+        # decoding sequences (one token each) first, then those still in prefill
+        order = sorted(self.running, key=lambda s: (s.num_tokens - s.num_computed > 1, s.arrival))
+        for seq in order:
+            if budget == 0:
+                break
+            if seq.status is not Status.RUNNING:
+                continue  # preempted earlier in this loop
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            while not self.blocks.ensure_slots(seq, seq.num_computed + n):
+                victim = next((s for s in reversed(self.running) if s is not seq and s.seq_id not in scheduled),
+                              None)
+                if victim is None:
+                    self._preempt(seq)
+                    break
+                self._preempt(victim)
+            if seq.status is not Status.RUNNING:
+                continue
+            chunks.append(Chunk(seq, seq.num_computed, n))
+            scheduled.add(seq.seq_id)
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not self.blocks.can_allocate(seq, seq.num_tokens):
+                break
+            self.waiting.popleft()
+            self.blocks.allocate(seq, seq.num_tokens)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            chunks.append(Chunk(seq, seq.num_computed, n))
+            scheduled.add(seq.seq_id)
+            budget -= n
+        return chunks
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            try:
+                self.waiting.remove(seq)
+            except ValueError:
+                pass
+        self.blocks.release(seq)
