@@ -1,0 +1,93 @@
+"""Turning generated text into an answer: a Thinking model's reasoning apart from its answer, and tool calls.
+
+The opening `<think>` of a Thinking model is in the prompt (spec §9.2), so its output starts inside the
+reasoning and `</think>` switches to the answer. Tool calls are `<tool_call>\\n{json}\\n</tool_call>` blocks;
+a block whose JSON cannot be read stays in the text and `tool_call_error` says why: never an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwen3vl.tasks.toolcalls import parse_tool_calls, split_reasoning
+
+THINK_END = "</think>"
+
+
+@dataclass
+class ParsedOutput:
+    content: str
+    reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_call_error: str | None = None
+
+
+def parse_output(text: str, thinking: bool, parse_tools: bool) -> ParsedOutput:
+    reasoning = None
+    content = text
+    if thinking:
+        if THINK_END in text:
+            reasoning, content = split_reasoning(text)
+        else:  # cut off (or never closed): everything so far is reasoning
+            reasoning, content = text.strip("\n"), ""
+    out = ParsedOutput(content=content, reasoning=reasoning)
+    if parse_tools and "<tool_call>" in content:
+        parsed = parse_tool_calls(content)
+        if parsed.invalid or not parsed.calls:
+            out.tool_call_error = "; ".join(parsed.problems) or "unreadable tool call"
+        else:
+            out.tool_calls = [c.to_dict() for c in parsed.calls]
+            out.content = parsed.content
+            if parsed.problems:
+                out.tool_call_error = "; ".join(parsed.problems)
+    return out
+
+
+class ReasoningSplitter:
+    """Streams deltas into (reasoning, content) pieces. Text that may be the start of `</think>` (and the newlines
+    before it) is held back, so the joined pieces equal what `parse_output` gives for the whole text."""
+
+    def __init__(self, thinking: bool):
+        self.in_reasoning = thinking
+        self._held = ""
+        self._reasoning_started = False
+        self._content_started = not thinking  # after </think>, the answer's leading newlines go
+
+    def feed(self, delta: str, final: bool = False) -> tuple[str, str]:
+        if not self.in_reasoning:
+            return "", self._content(delta)
+        text = self._held + delta
+        idx = text.find(THINK_END)
+        if idx >= 0:
+            self.in_reasoning = False
+            self._held = ""
+            return self._reasoning(text[:idx].rstrip("\n")), self._content(text[idx + len(THINK_END):])
+        if final:
+            self._held = ""
+            return self._reasoning(text.rstrip("\n")), ""
+        keep = _partial_suffix(text, THINK_END)
+        head = text[:len(text) - keep]
+        keep += len(head) - len(head.rstrip("\n"))
+        self._held = text[len(text) - keep:] if keep else ""
+        return self._reasoning(text[:len(text) - keep]), ""
+
+    def _reasoning(self, piece: str) -> str:
+        if not self._reasoning_started:
+            piece = piece.lstrip("\n")
+            self._reasoning_started = bool(piece)
+        return piece
+
+    def _content(self, delta: str) -> str:
+        if not self._content_started:
+            delta = delta.lstrip("\n")
+            self._content_started = bool(delta)
+        return delta
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:n]):
+            return n
+    return 0

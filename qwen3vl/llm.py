@@ -1,0 +1,297 @@
+"""The Python API: `LLM(model).chat(messages)`, `chat_stream`, `chat_batch`.
+
+One `LLM` owns a model, its processor and an engine. Messages are OpenAI-style (content parts `text`, `image`,
+`image_url`, `video`, `video_url`); sampling defaults come from the checkpoint's `generation_config.json`
+unless given. Results carry the text, token ids, a Thinking model's reasoning, tool calls, the finish reason
+and token usage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qwen3vl.engine.engine import Engine, EngineConfig, StepOutput
+from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, parse_output
+from qwen3vl.engine.sampling import SamplingParams, from_generation_config
+from qwen3vl.engine.sequence import MediaItem, Sequence
+
+log = logging.getLogger(__name__)
+
+_SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                  "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "n", "logprobs")
+_MEDIA_KEYS = ("min_pixels", "max_pixels", "fps", "max_frames", "min_frames", "total_pixels")
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
+@dataclass
+class Choice:
+    text: str
+    token_ids: list[int]
+    reasoning: str | None
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
+    tool_call_error: str | None = None
+    logprobs: list | None = None
+    raw_text: str = ""
+
+
+@dataclass
+class ChatResult:
+    """The first choice's fields directly (`.text`, `.tool_calls`, ...), all of them in `.choices`."""
+
+    choices: list[Choice]
+    usage: Usage
+    prompt_token_ids: list[int] = field(default_factory=list)
+
+    def __getattr__(self, name: str):
+        if name in Choice.__dataclass_fields__:
+            return getattr(self.choices[0], name)
+        raise AttributeError(name)
+
+
+@dataclass
+class ChatDelta:
+    """One streamed piece: new answer text, new reasoning text, the new token ids; the last delta of a choice
+    carries `finish_reason` and (parsed from the whole text) `tool_calls`."""
+
+    text: str = ""
+    reasoning: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    index: int = 0
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    usage: Usage | None = None
+
+
+_request_ids = itertools.count()
+
+
+class LLM:
+    def __init__(self, model: str | Path, dtype: torch.dtype | str | None = None, device: str | None = None, *,
+                 revision: str | None = None, max_model_len: int | None = None, kv_cache_gb: float = 2.0,
+                 num_blocks: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
+                 max_batch_tokens: int = 2048, enable_prefix_cache: bool = True, vision_cache_mb: int = 512,
+                 chat_format: str = "auto", media: dict[str, Any] | None = None, allow_remote_media: bool = False,
+                 progress: bool = False):
+        from qwen3vl.model.qwen3vl import load_model
+        from qwen3vl.processing.processor import load_processor
+        from qwen3vl.weights.hub import resolve_checkpoint
+
+        folder = resolve_checkpoint(model, revision=revision)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.path = folder
+        self.model = load_model(folder, dtype=dtype, device=device, progress=progress)
+        self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media)
+        self.tokenizer = self.processor.tokenizer
+        self.thinking = self.processor.chat_format == "thinking"
+        self.media_defaults = {k: v for k, v in (media or {}).items() if v is not None}
+        gen_cfg = _read_json(folder / "generation_config.json")
+        self.sampling_defaults = from_generation_config(gen_cfg)
+        eos = gen_cfg.get("eos_token_id", list(self.tokenizer.special.stop))
+        self.eos_token_ids = sorted({eos} if isinstance(eos, int) else set(eos) or set(self.tokenizer.special.stop))
+        config = EngineConfig(block_size=block_size, num_blocks=num_blocks, kv_cache_bytes=int(kv_cache_gb * 1024**3),
+                              max_num_seqs=max_num_seqs, max_batch_tokens=max_batch_tokens,
+                              max_model_len=max_model_len, enable_prefix_cache=enable_prefix_cache,
+                              vision_cache_bytes=vision_cache_mb * 1024**2)
+        self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode)
+
+    # ------------------------------------------------------------------ helpers
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def sampling_params(self, **kwargs) -> SamplingParams:
+        unknown = set(kwargs) - set(_SAMPLING_KEYS)
+        if unknown:
+            raise TypeError(f"unknown sampling argument(s): {', '.join(sorted(unknown))}")
+        values = {**self.sampling_defaults, **{k: v for k, v in kwargs.items() if v is not None}}
+        if isinstance(values.get("stop"), str):
+            values["stop"] = [values["stop"]]
+        return SamplingParams(**values).validate()
+
+    def _with_media_defaults(self, messages: Any) -> Any:
+        if not self.media_defaults or not isinstance(messages, list):
+            return messages
+        out = []
+        for m in messages:
+            if isinstance(m, dict) and isinstance(m.get("content"), list):
+                parts = []
+                for p in m["content"]:
+                    if isinstance(p, dict) and p.get("type") in ("image", "image_url", "video", "video_url"):
+                        p = {**{k: v for k, v in self.media_defaults.items() if k in _MEDIA_KEYS}, **p}
+                    parts.append(p)
+                m = {**m, "content": parts}
+            out.append(m)
+        return out
+
+    def prepare(self, messages: Any, tools: Any = None, add_vision_id: bool = False):
+        return self.processor.prepare(self._with_media_defaults(messages), add_generation_prompt=True, tools=tools,
+                                      add_vision_id=add_vision_id)
+
+    def submit(self, messages: Any, tools: Any = None, add_vision_id: bool = False,
+               request_id: str | None = None, **sampling) -> tuple[str, list[Sequence], int]:
+        """Queue one conversation in the engine (no stepping); returns (request id, sequences, prompt length)."""
+        params = self.sampling_params(**sampling)
+        prepared = self.prepare(messages, tools, add_vision_id)
+        media, kinds = media_items(prepared)
+        rid = request_id or f"req-{next(_request_ids)}"
+        seqs = self.engine.add_request(rid, prepared.input_ids, params, media, kinds)
+        return rid, seqs, len(prepared.input_ids)
+
+    def finish_choice(self, seq: Sequence, tools: Any) -> Choice:
+        raw = self._decode(seq.output_ids)
+        if seq.stop_text is not None and seq.stop_text in raw:
+            raw = raw[:raw.index(seq.stop_text)]
+        parsed: ParsedOutput = parse_output(raw, self.thinking, parse_tools=bool(tools) or "<tool_call>" in raw)
+        return Choice(text=parsed.content, token_ids=list(seq.output_ids), reasoning=parsed.reasoning,
+                      tool_calls=parsed.tool_calls, finish_reason=seq.finish_reason or "length",
+                      tool_call_error=parsed.tool_call_error,
+                      logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None, raw_text=raw)
+
+    def _result(self, seqs: list[Sequence], prompt_len: int, tools: Any, prompt_ids: list[int]) -> ChatResult:
+        choices = [self.finish_choice(s, tools) for s in seqs]
+        return ChatResult(choices, Usage(prompt_len, sum(len(c.token_ids) for c in choices)), prompt_ids)
+
+    # ------------------------------------------------------------------ public API
+    def chat(self, messages: Any, *, tools: Any = None, add_vision_id: bool = False, **sampling) -> ChatResult:
+        return self.chat_batch([messages], tools=tools, add_vision_id=add_vision_id, **sampling)[0]
+
+    def chat_batch(self, conversations: list[Any], *, tools: Any = None, add_vision_id: bool = False,
+                   progress: bool = False, **sampling) -> list[ChatResult]:
+        """Run many conversations at once through the engine (continuous batching)."""
+        submitted = []
+        try:
+            for messages in conversations:
+                submitted.append(self.submit(messages, tools, add_vision_id, **sampling))
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(submitted), desc="generating", unit="conv")
+            while any(s.finish_reason is None for _, seqs, _ in submitted for s in seqs):
+                done = sum(all(s.finish_reason for s in seqs) for _, seqs, _ in submitted)
+                self.engine.step()
+                if bar is not None:
+                    bar.update(sum(all(s.finish_reason for s in seqs) for _, seqs, _ in submitted) - done)
+            if bar is not None:
+                bar.close()
+        except BaseException:
+            for rid, _, _ in submitted:
+                self.engine.abort(rid)
+            raise
+        results = []
+        for rid, seqs, n in submitted:
+            results.append(self._result(seqs, n, tools, seqs[0].prompt_ids))
+            self.engine.requests.pop(rid, None)
+        return results
+
+    def chat_stream(self, messages: Any, *, tools: Any = None, add_vision_id: bool = False,
+                    **sampling) -> Iterator[ChatDelta]:
+        """Yield text deltas token by token (never splitting a character); the last delta of each choice has
+        `finish_reason` and `tool_calls`, and the very last one `usage`. Joined, the deltas equal `chat`'s text
+        and reasoning. Text that may start a stop string or a tool call is held back until it is known."""
+        rid, seqs, n_prompt = self.submit(messages, tools, add_vision_id, **sampling)
+        states = [_StreamState(self, seq, tools) for seq in seqs]
+        index = {s.seq_id: i for i, s in enumerate(seqs)}
+        try:
+            while any(s.finish_reason is None for s in seqs):
+                for out in self.engine.step():
+                    i = index.get(out.seq.seq_id)
+                    if i is not None:
+                        delta = states[i].advance(out)
+                        if delta is not None:
+                            delta.index = i
+                            yield delta
+        finally:
+            self.engine.abort(rid)
+        yield ChatDelta(usage=Usage(n_prompt, sum(len(s.output_ids) for s in seqs)))
+
+
+class _StreamState:
+    """Per-choice streaming: incremental detokenizing, hold-back of possible stop strings / tool-call starts,
+    reasoning split, and a final reconciliation with the parsed result."""
+
+    TOOL_OPEN = "<tool_call>"
+
+    def __init__(self, llm: LLM, seq: Sequence, tools: Any):
+        self.llm, self.seq, self.tools = llm, seq, tools
+        self.decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=True)
+        self.splitter = ReasoningSplitter(llm.thinking)
+        self.hold = max([len(x) for x in seq.params.stop] + [len(self.TOOL_OPEN)]) - 1
+        self.emitted = 0
+        self.text = ""
+        self.reasoning = ""
+
+    def advance(self, out: StepOutput) -> ChatDelta | None:
+        self.decoder.add(out.new_tokens)
+        if out.finished:
+            self.decoder.flush()
+            choice = self.llm.finish_choice(self.seq, self.tools)
+            reasoning = _rest(choice.reasoning or "", self.reasoning)
+            text = _rest(choice.text, self.text)
+            return ChatDelta(text=text, reasoning=reasoning, token_ids=out.new_tokens,
+                             finish_reason=choice.finish_reason, tool_calls=choice.tool_calls)
+        full = self.decoder.text
+        end = len(full) - self.hold
+        tool = full.find(self.TOOL_OPEN)
+        if tool >= 0:
+            end = min(end, tool)
+        piece = full[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        reasoning, text = self.splitter.feed(piece)
+        self.reasoning += reasoning
+        self.text += text
+        return ChatDelta(text=text, reasoning=reasoning, token_ids=out.new_tokens)
+
+
+def _rest(final: str, streamed: str) -> str:
+    """What is left to send so the stream joins to `final` (nothing if the stream already diverged)."""
+    return final[len(streamed):] if final.startswith(streamed) else ""
+
+
+def media_items(prepared) -> tuple[list[MediaItem], list[str]]:
+    """Engine media items from a processed conversation: one per image, one per video temporal patch (the ViT
+    never mixes temporal patches, so encoding them apart gives the same features and lets each be cached)."""
+    items: list[MediaItem] = []
+    kinds: list[str] = []
+    for img, (start, end) in zip(prepared.images, prepared.image_spans):
+        items.append(MediaItem(img.content_hash, tuple(img.grid_thw), start, end - start, img.pixel_values))
+        kinds.append("image")
+    for vid, spans in zip(prepared.videos, prepared.video_spans):
+        t, h, w = vid.grid_thw
+        rows = h * w
+        for k, (start, end) in enumerate(spans):
+            items.append(MediaItem(f"{vid.content_hash}:{k}", (1, h, w), start, end - start,
+                                   vid.pixel_values[k * rows:(k + 1) * rows]))
+            kinds.append("video")
+    order = sorted(range(len(items)), key=lambda j: items[j].offset)
+    return [items[j] for j in order], [kinds[j] for j in order]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
