@@ -1,0 +1,216 @@
+"""Typed functions behind the generation subcommands (`run`, `chat`, `init-random`) and the flags they share
+(model, dtype, media budget, sampling). `qwen3vl/cli.py` only maps subcommands to these."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEMO_MODEL = Path(__file__).parent / "assets" / "demo"
+EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
+
+
+# ------------------------------------------------------------------------------------------------- shared flags
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default=None,
+                   help="checkpoint folder or Hugging Face hub id (default: the bundled demo model)")
+    g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"],
+                   help="weights dtype (default: the checkpoint's)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--max-model-len", type=int, default=None, help="context length limit")
+    g.add_argument("--kv-cache-gb", type=float, default=2.0, help="memory for the paged KV cache")
+    g.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together")
+    g.add_argument("--max-batch-tokens", type=int, default=2048, help="token budget per engine step")
+    g.add_argument("--chat-format", default="auto", choices=["auto", "instruct", "thinking"])
+    m = p.add_argument_group("media budget")
+    m.add_argument("--min-pixels", type=int, default=None, help="minimum pixels per image (after resize)")
+    m.add_argument("--max-pixels", type=int, default=None, help="maximum pixels per image / video frame")
+    m.add_argument("--fps", type=float, default=None, help="video sampling rate (frames per second)")
+    m.add_argument("--max-frames", type=int, default=None, help="maximum sampled video frames")
+    m.add_argument("--allow-remote-media", action="store_true", help="allow http(s) image/video URLs")
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (defaults: the checkpoint's generation_config.json)")
+    g.add_argument("--max-tokens", type=int, default=512)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--presence-penalty", type=float, default=None)
+    g.add_argument("--frequency-penalty", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def resolve_model_arg(model: str | None) -> str:
+    if model:
+        return model
+    if (DEMO_MODEL / "config.json").exists():
+        return str(DEMO_MODEL)
+    raise SystemExit("error: no --model given and no bundled demo model found at "
+                     f"{DEMO_MODEL}; pass --model PATH_OR_HUB_ID (or create one with `qwen3vl init-random DIR`)")
+
+
+def build_llm(args: argparse.Namespace):
+    from qwen3vl.llm import LLM
+    from qwen3vl.weights.hub import ModelNotFoundError
+
+    media = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "fps": args.fps,
+             "max_frames": args.max_frames}
+    try:
+        return LLM(resolve_model_arg(args.model), dtype=None if args.dtype == "auto" else args.dtype,
+                   device=args.device, revision=args.revision, max_model_len=args.max_model_len,
+                   kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
+                   max_batch_tokens=args.max_batch_tokens, chat_format=args.chat_format, media=media,
+                   allow_remote_media=args.allow_remote_media, progress=sys.stderr.isatty())
+    except ModelNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "min_p",
+                                          "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
+                                          "stop")}
+
+
+def user_message(prompt: str, images: list[str], videos: list[str]) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"type": "image", "image": i} for i in images]
+    parts += [{"type": "video", "video": v} for v in videos]
+    parts.append({"type": "text", "text": prompt})
+    return {"role": "user", "content": parts}
+
+
+# ------------------------------------------------------------------------------------------------- run
+def add_run_parser(sub) -> None:
+    p = sub.add_parser("run", help="answer one prompt (with --image/--video) and print the answer")
+    p.add_argument("prompt", help="the question or instruction")
+    p.add_argument("--image", "-i", action="append", default=[], help="image path or URL (repeatable)")
+    p.add_argument("--video", "-v", action="append", default=[], help="video path or URL (repeatable)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    p.add_argument("--no-stream", action="store_true", help="print the answer only when complete")
+    add_model_flags(p)
+    add_sampling_flags(p)
+    p.set_defaults(func=lambda a: run(a))
+
+
+def run(args: argparse.Namespace) -> int:
+    from qwen3vl.processing.errors import MediaError, MessageFormatError
+
+    llm = build_llm(args)
+    messages = ([{"role": "system", "content": args.system}] if args.system else [])
+    messages.append(user_message(args.prompt, args.image, args.video))
+    try:
+        if args.json or args.no_stream:
+            result = llm.chat(messages, **sampling_kwargs(args))
+            if args.json:
+                c = result.choices[0]
+                print(json.dumps({"text": c.text, "reasoning": c.reasoning, "tool_calls": c.tool_calls,
+                                  "finish_reason": c.finish_reason, "token_ids": c.token_ids,
+                                  "usage": result.usage.to_dict()}, ensure_ascii=False))
+            else:
+                if result.reasoning:
+                    print(f"[reasoning]\n{result.reasoning}\n[answer]", file=sys.stderr)
+                print(result.text)
+            return 0
+        in_reasoning = False
+        for delta in llm.chat_stream(messages, **sampling_kwargs(args)):
+            if delta.reasoning:
+                if not in_reasoning:
+                    print("[reasoning] ", end="", file=sys.stderr)
+                    in_reasoning = True
+                print(delta.reasoning, end="", file=sys.stderr, flush=True)
+            if delta.text:
+                if in_reasoning:
+                    print("\n[answer]", file=sys.stderr)
+                    in_reasoning = False
+                print(delta.text, end="", flush=True)
+            if delta.tool_calls:
+                print("\n" + json.dumps({"tool_calls": delta.tool_calls}, ensure_ascii=False), end="")
+        print()
+        return 0
+    except (MediaError, MessageFormatError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+# ------------------------------------------------------------------------------------------------- chat
+def add_chat_parser(sub) -> None:
+    p = sub.add_parser("chat", help="interactive chat; /image PATH and /video PATH attach media, /reset, /exit")
+    p.add_argument("--system", default=None, help="system prompt")
+    add_model_flags(p)
+    add_sampling_flags(p)
+    p.set_defaults(func=lambda a: chat(a))
+
+
+def chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+    from qwen3vl.processing.errors import MediaError, MessageFormatError
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    llm = build_llm(args)
+    history: list[dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []
+    images: list[str] = []
+    videos: list[str] = []
+    print("qwen3vl chat — /image PATH, /video PATH, /reset, /exit", file=stdout)
+    while True:
+        print("> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            history = history[:1] if args.system else []
+            images, videos = [], []
+            print("(history cleared)", file=stdout)
+            continue
+        if line.startswith(("/image ", "/video ")):
+            kind, path = line.split(" ", 1)
+            if not Path(path.strip()).expanduser().exists() and "://" not in path:
+                print(f"(no such file: {path.strip()})", file=stdout)
+                continue
+            (images if kind == "/image" else videos).append(path.strip())
+            print(f"(attached {path.strip()} to the next message)", file=stdout)
+            continue
+        message = user_message(line, images, videos)
+        try:
+            text = []
+            for delta in llm.chat_stream(history + [message], **sampling_kwargs(args)):
+                if delta.text:
+                    text.append(delta.text)
+                    print(delta.text, end="", file=stdout, flush=True)
+            print(file=stdout)
+        except (MediaError, MessageFormatError, ValueError) as e:
+            print(f"(error: {e})", file=stdout)
+            continue
+        history += [message, {"role": "assistant", "content": "".join(text)}]
+        images, videos = [], []
+
+
+# ------------------------------------------------------------------------------------------------- init-random
+def add_init_random_parser(sub) -> None:
+    p = sub.add_parser("init-random", help="write a complete checkpoint folder with random weights (for tests, "
+                                           "benchmarks, and trying the tools without real weights)")
+    p.add_argument("folder")
+    p.add_argument("--kind", default="dense", choices=["dense", "moe"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat-format", default="instruct", choices=["instruct", "thinking"])
+    p.set_defaults(func=lambda a: init_random(a.folder, a.kind, a.seed, a.chat_format))
+
+
+def init_random(folder: str, kind: str = "dense", seed: int = 0, chat_format: str = "instruct") -> int:
+    from qwen3vl.model.testing import write_tiny_model
+
+    write_tiny_model(folder, kind=kind, seed=seed, chat_template=chat_format, sharpen=3.0)
+    print(f"wrote a tiny random-weight {kind} checkpoint to {folder} (its answers are gibberish by design)")
+    return 0
