@@ -12,6 +12,14 @@ _PARSERS = [
     ("qwen3vl.commands", "add_run_parser"),
     ("qwen3vl.commands", "add_chat_parser"),
     ("qwen3vl.commands", "add_init_random_parser"),
+    ("qwen3vl.tasks.cli", "add_ground_parser"),
+    ("qwen3vl.tasks.cli", "add_ground3d_parser"),
+    ("qwen3vl.tasks.cli", "add_document_parser"),
+    ("qwen3vl.tasks.cli", "add_ocr_parser"),
+    ("qwen3vl.tasks.cli", "add_clip_parser"),
+    ("qwen3vl.tasks.cli", "add_captions_parser"),
+    ("qwen3vl.tasks.cli", "add_agent_parser"),
+    ("qwen3vl.tasks.cli", "add_eval_parser"),
 ]
 
 
