@@ -1,0 +1,104 @@
+"""The Python API end to end on a tiny random checkpoint, and the output parsing it relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import qwen3vl
+from qwen3vl.engine.output import ReasoningSplitter, parse_output
+from qwen3vl.model.testing import write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    folder = write_tiny_model(tmp_path_factory.mktemp("tiny"), sharpen=3.0)
+    return qwen3vl.LLM(folder, kv_cache_gb=0.05)
+
+
+def _image(seed=0, size=(70, 100)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8))
+
+
+def _messages(text="What is this?", seed=0):
+    return [{"role": "user", "content": [{"type": "image", "image": _image(seed)}, {"type": "text", "text": text}]}]
+
+
+def test_chat_result_fields(llm):
+    res = llm.chat(_messages(), max_tokens=6, temperature=0)
+    assert res.finish_reason in ("stop", "length") and len(res.token_ids) <= 6
+    assert res.usage.prompt_tokens > 70 and res.usage.completion_tokens == len(res.token_ids)
+    assert res.text == llm.tokenizer.decode(res.token_ids, skip_special_tokens=True)
+    assert res.reasoning is None and res.tool_calls == []
+
+
+def test_stream_joined_equals_text(llm):
+    res = llm.chat(_messages(), max_tokens=10, temperature=0)
+    deltas = list(llm.chat_stream(_messages(), max_tokens=10, temperature=0))
+    assert "".join(d.text for d in deltas) == res.text
+    assert [t for d in deltas for t in d.token_ids] == res.token_ids
+    assert deltas[-1].usage.completion_tokens == len(res.token_ids)
+    assert deltas[-2].finish_reason == res.finish_reason
+
+
+def test_batch_equals_single_requests(llm):
+    convs = [_messages("a", 1), _messages("bb", 2), [{"role": "user", "content": "text only"}]]
+    singles = [llm.chat(c, max_tokens=5, temperature=0).token_ids for c in convs]
+    batch = [r.token_ids for r in llm.chat_batch(convs, max_tokens=5, temperature=0)]
+    assert batch == singles
+
+
+def test_n_and_seed(llm):
+    a = llm.chat(_messages(), max_tokens=5, temperature=1.0, seed=3, n=3)
+    b = llm.chat(_messages(), max_tokens=5, temperature=1.0, seed=3, n=3)
+    assert [c.token_ids for c in a.choices] == [c.token_ids for c in b.choices] and len(a.choices) == 3
+
+
+def test_stop_string_is_cut(llm):
+    res = llm.chat(_messages(), max_tokens=12, temperature=0)
+    text = res.text
+    if len(text) < 3:
+        pytest.fail(f"the tiny model's reply {text!r} is too short for this test")
+    stop = text[1:3]
+    cut = llm.chat(_messages(), max_tokens=12, temperature=0, stop=[stop])
+    assert cut.finish_reason == "stop" and cut.text == text[:text.index(stop)]
+    streamed = "".join(d.text for d in llm.chat_stream(_messages(), max_tokens=12, temperature=0, stop=[stop]))
+    assert streamed == cut.text
+
+
+def test_bad_sampling_value_names_the_field(llm):
+    with pytest.raises(ValueError, match="top_p"):
+        llm.chat(_messages(), top_p=1.5)
+    with pytest.raises(TypeError, match="unknown sampling"):
+        llm.chat(_messages(), topp=0.5)
+
+
+# ------------------------------------------------------------------------------------------ output parsing
+def test_thinking_output_split():
+    out = parse_output("Let me look.\nIt is red.\n</think>\n\nRed.", thinking=True, parse_tools=False)
+    assert out.reasoning == "Let me look.\nIt is red." and out.content == "Red."
+    cut = parse_output("Still thinking", thinking=True, parse_tools=False)
+    assert cut.reasoning == "Still thinking" and cut.content == ""
+
+
+@pytest.mark.parametrize("pieces", [["Let me", " look.\n", "</th", "ink>\n\nRe", "d."],
+                                    ["Let me look.\n</think>", "\n\nRed."], ["L", "et me look.", "\n", "</", "think>",
+                                                                             "\n", "\n", "Red", "."]])
+def test_streamed_reasoning_split_joins_to_the_parse(pieces):
+    splitter = ReasoningSplitter(thinking=True)
+    reasoning, content = "", ""
+    for i, p in enumerate(pieces):
+        r, c = splitter.feed(p, final=i == len(pieces) - 1)
+        reasoning, content = reasoning + r, content + c
+    whole = parse_output("".join(pieces), thinking=True, parse_tools=False)
+    assert (reasoning, content) == (whole.reasoning, whole.content)
+
+
+def test_tool_calls_and_malformed_ones():
+    text = 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    out = parse_output(text, thinking=False, parse_tools=True)
+    assert out.tool_calls == [{"name": "get_weather", "arguments": {"city": "Paris"}}] and out.content == "Checking."
+    bad = parse_output('<tool_call>\n{"name": "f", "arguments": {"x": \n</tool_call>', thinking=False,
+                       parse_tools=True)
+    assert bad.tool_calls == [] and bad.tool_call_error and "<tool_call>" in bad.content
