@@ -145,43 +145,49 @@ class ModelRunner:
         self.cache = KVCache(cfg.num_hidden_layers, num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim,
                              self.dtype, self.device)
         self.vision_cache = VisionCache(vision_cache_bytes)
+        self.merge = model.config.vision_config.spatial_merge_size
 
     def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
         pos = torch.arange(start, end)
         blocks = torch.tensor(table, dtype=torch.long)[pos // self.block_size]
         return blocks * self.block_size + pos % self.block_size
 
-    def _vision(self, chunks: list[Chunk]) -> dict[str, tuple[torch.Tensor, list[torch.Tensor]]]:
-        """Features of every media item touched this step, encoding the missing ones in one ViT call."""
-        found: dict[str, tuple] = {}
+    def _vision_work(self, chunks: list[Chunk]) -> list[tuple[str, tuple, torch.Tensor]]:
+        """The media items touched this step whose features are not cached: (key, grid, pixels)."""
         missing: dict[str, MediaItem] = {}
+        seen: set[str] = set()
         for c in chunks:
             for m in c.seq.media_in(c.start, c.end):
-                if m.key in found or m.key in missing:
+                if m.key in seen:
                     continue
-                value = self.vision_cache.get(m.key)
-                if value is not None:
+                seen.add(m.key)
+                if m.key in self.vision_cache.items:
                     self.vision_cache.hits += 1
-                    found[m.key] = value
                 else:
                     self.vision_cache.misses += 1
                     missing[m.key] = m
-        if missing:
-            items = list(missing.values())
-            pixels = torch.cat([m.pixel_values for m in items]).to(self.device)
-            feats = self.model.encode_vision(pixels, [list(m.grid_thw) for m in items])
-            sizes = [m.num_tokens for m in items]
+        return [(m.key, m.grid_thw, m.pixel_values) for m in missing.values()]
+
+    def _features(self, inputs: "StepInputs") -> dict[str, tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Features of every item this step needs: encode the missing ones in one ViT call, the rest from cache."""
+        found: dict[str, tuple] = {}
+        fresh = {key for key, _, _ in inputs.encode}
+        for key, _, _ in inputs.vis_rows:  # take cached ones first: the puts below may evict them
+            if key not in fresh and key not in found:
+                found[key] = self.vision_cache.get(key)
+        if inputs.encode:
+            pixels = torch.cat([p for _, _, p in inputs.encode]).to(self.device)
+            feats = self.model.encode_vision(pixels, [list(g) for _, g, _ in inputs.encode])
+            sizes = [g[0] * g[1] * g[2] // self.merge**2 for _, g, _ in inputs.encode]
             embeds = feats.embeds.split(sizes)
             deep = [level.split(sizes) for level in feats.deepstack]
-            for i, m in enumerate(items):
-                value = (embeds[i], [d[i] for d in deep])
-                self.vision_cache.put(m.key, value)
-                found[m.key] = value
+            for i, (key, _, _) in enumerate(inputs.encode):
+                found[key] = (embeds[i], [d[i] for d in deep])
+                self.vision_cache.put(key, found[key])
         return found
 
-    @torch.inference_mode()
-    def execute(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Run one step; returns float32 logits (number of sampling chunks, V) in chunk order."""
+    def prepare(self, chunks: list[Chunk]) -> "StepInputs":
+        """Everything one step needs, as plain CPU tensors and lists (what rank 0 sends to other ranks)."""
         ids: list[int] = []
         positions: list[np.ndarray] = []
         new_slots: list[torch.Tensor] = []
@@ -195,29 +201,59 @@ class ModelRunner:
             positions.append(seq.positions(c.start, c.end))
             slots = self._slots(seq.block_table, 0, c.end)
             new_slots.append(slots[c.start:])
-            attn.append(_SeqAttn(q_start, c.num_tokens, c.end, slots.to(self.device)))
+            attn.append(_SeqAttn(q_start, c.num_tokens, c.end, slots))
             for m in seq.media_in(c.start, c.end):
                 lo, hi = max(c.start, m.offset), min(c.end, m.end)
                 vis_rows.append((m.key, lo - m.offset, hi - m.offset))
                 vis_index.extend(range(q_start + lo - c.start, q_start + hi - c.start))
             if c.samples:
                 sample_rows.append(len(ids) - 1)
+        return StepInputs(ids=torch.tensor(ids, dtype=torch.long),
+                          positions=torch.from_numpy(np.concatenate(positions, axis=1)),
+                          new_slots=torch.cat(new_slots), seqs=attn, vis_rows=vis_rows,
+                          vis_index=torch.tensor(vis_index, dtype=torch.long), sample_rows=sample_rows,
+                          encode=self._vision_work(chunks))
+
+    @torch.inference_mode()
+    def run(self, inputs: "StepInputs") -> torch.Tensor:
+        """Run one prepared step; returns float32 logits (number of sampling chunks, V)."""
         dev = self.device
-        input_ids = torch.tensor([ids], dtype=torch.long, device=dev)
-        pos = torch.from_numpy(np.concatenate(positions, axis=1)).to(dev)[:, None, :]  # (3, 1, T)
-        backend = PagedAttention(self.cache, torch.cat(new_slots).to(dev), attn)
+        input_ids = inputs.ids.to(dev)[None]
+        pos = inputs.positions.to(dev)[:, None, :]  # (3, 1, T)
+        seqs = [_SeqAttn(s.q_start, s.n, s.ctx, s.slots.to(dev)) for s in inputs.seqs]
+        backend = PagedAttention(self.cache, inputs.new_slots.to(dev), seqs)
         x = self.model.model.language_model.embed_tokens(input_ids)
         visual_mask = deepstack = None
-        if vis_rows:
-            feats = self._vision(chunks)
-            embeds = torch.cat([feats[k][0][a:b] for k, a, b in vis_rows])
+        if inputs.vis_rows:
+            feats = self._features(inputs)
+            embeds = torch.cat([feats[k][0][a:b] for k, a, b in inputs.vis_rows])
             levels = len(next(iter(feats.values()))[1])
-            deepstack = [torch.cat([feats[k][1][lvl][a:b] for k, a, b in vis_rows]) for lvl in range(levels)]
-            visual_mask = torch.zeros(1, len(ids), dtype=torch.bool, device=dev)
-            visual_mask[0, torch.tensor(vis_index, device=dev)] = True
+            deepstack = [torch.cat([feats[k][1][lvl][a:b] for k, a, b in inputs.vis_rows]) for lvl in range(levels)]
+            visual_mask = torch.zeros(1, input_ids.shape[1], dtype=torch.bool, device=dev)
+            visual_mask[0, inputs.vis_index.to(dev)] = True
             x = x.masked_scatter(visual_mask[..., None], embeds.to(x.dtype))
+        elif inputs.encode:  # nothing of these items is in this step's tokens, but keep caches in step
+            self._features(inputs)
         hidden = self.model.decode(x, pos, backend, visual_mask, deepstack)
-        if not sample_rows:
+        if not inputs.sample_rows:
             return torch.empty(0, self.model.config.text_config.vocab_size)
-        rows = hidden[0, torch.tensor(sample_rows, device=dev)]
+        rows = hidden[0, torch.tensor(inputs.sample_rows, device=dev)]
         return self.model.logits(rows).float()
+
+    def execute(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Run one step; returns float32 logits (number of sampling chunks, V) in chunk order."""
+        return self.run(self.prepare(chunks))
+
+
+@dataclass
+class StepInputs:
+    """One step's inputs. Legend: T tokens, S sequences. Plain CPU data, so it can be sent to other ranks."""
+
+    ids: torch.Tensor  # (T,)
+    positions: torch.Tensor  # (3, T)
+    new_slots: torch.Tensor  # (T,) cache slot of each token
+    seqs: list[_SeqAttn]  # per chunk: where its queries sit and which slots its context occupies
+    vis_rows: list[tuple[str, int, int]]  # (media key, first row, end row) in token order
+    vis_index: torch.Tensor  # positions among the T tokens that take visual features
+    sample_rows: list[int]  # token index whose logits are returned, per sampling chunk
+    encode: list[tuple[str, tuple, torch.Tensor]]  # media to run through the ViT this step
