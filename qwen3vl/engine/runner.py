@@ -142,7 +142,9 @@ class ModelRunner:
         self.device = model.device
         self.dtype = model.dtype
         self.block_size = block_size
-        self.cache = KVCache(cfg.num_hidden_layers, num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim,
+        # kv heads from the weights, not the config: a tensor-parallel shard holds only its share of them
+        kv_heads = model.model.language_model.layers[0].self_attn.k_proj.weight.shape[0] // cfg.head_dim
+        self.cache = KVCache(cfg.num_hidden_layers, num_blocks, block_size, kv_heads, cfg.head_dim,
                              self.dtype, self.device)
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.merge = model.config.vision_config.spatial_merge_size
