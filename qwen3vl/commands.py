@@ -27,6 +27,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together")
     g.add_argument("--max-batch-tokens", type=int, default=2048, help="token budget per engine step")
     g.add_argument("--chat-format", default="auto", choices=["auto", "instruct", "thinking"])
+    g.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="split the model over this many processes/GPUs (docs/PARALLEL.md)")
     m = p.add_argument_group("media budget")
     m.add_argument("--min-pixels", type=int, default=None, help="minimum pixels per image (after resize)")
     m.add_argument("--max-pixels", type=int, default=None, help="maximum pixels per image / video frame")
@@ -69,7 +71,8 @@ def build_llm(args: argparse.Namespace):
                    device=args.device, revision=args.revision, max_model_len=args.max_model_len,
                    kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
                    max_batch_tokens=args.max_batch_tokens, chat_format=args.chat_format, media=media,
-                   allow_remote_media=args.allow_remote_media, progress=sys.stderr.isatty())
+                   allow_remote_media=args.allow_remote_media, progress=sys.stderr.isatty(),
+                   tensor_parallel_size=args.tensor_parallel_size)
     except ModelNotFoundError as e:
         raise SystemExit(f"error: {e}") from None
 

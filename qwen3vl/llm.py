@@ -93,7 +93,7 @@ class LLM:
                  num_blocks: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
                  max_batch_tokens: int = 2048, enable_prefix_cache: bool = True, vision_cache_mb: int = 512,
                  chat_format: str = "auto", media: dict[str, Any] | None = None, allow_remote_media: bool = False,
-                 progress: bool = False):
+                 progress: bool = False, tensor_parallel_size: int = 1):
         from qwen3vl.model.qwen3vl import load_model
         from qwen3vl.processing.processor import load_processor
         from qwen3vl.weights.hub import resolve_checkpoint
@@ -101,7 +101,18 @@ class LLM:
         folder = resolve_checkpoint(model, revision=revision)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.path = folder
-        self.model = load_model(folder, dtype=dtype, device=device, progress=progress)
+        config = EngineConfig(block_size=block_size, num_blocks=num_blocks, kv_cache_bytes=int(kv_cache_gb * 1024**3),
+                              max_num_seqs=max_num_seqs, max_batch_tokens=max_batch_tokens,
+                              max_model_len=max_model_len, enable_prefix_cache=enable_prefix_cache,
+                              vision_cache_bytes=vision_cache_mb * 1024**2)
+        self._parallel = None
+        if tensor_parallel_size > 1:  # other torchrun ranks never return from here (docs/PARALLEL.md)
+            from qwen3vl.parallel.launch import start_tensor_parallel
+
+            self._parallel = start_tensor_parallel(folder, tensor_parallel_size, dtype, device, config, progress)
+            self.model = self._parallel.model
+        else:
+            self.model = load_model(folder, dtype=dtype, device=device, progress=progress)
         self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media)
         self.tokenizer = self.processor.tokenizer
         self.thinking = self.processor.chat_format == "thinking"
@@ -110,11 +121,13 @@ class LLM:
         self.sampling_defaults = from_generation_config(gen_cfg)
         eos = gen_cfg.get("eos_token_id", list(self.tokenizer.special.stop))
         self.eos_token_ids = sorted({eos} if isinstance(eos, int) else set(eos) or set(self.tokenizer.special.stop))
-        config = EngineConfig(block_size=block_size, num_blocks=num_blocks, kv_cache_bytes=int(kv_cache_gb * 1024**3),
-                              max_num_seqs=max_num_seqs, max_batch_tokens=max_batch_tokens,
-                              max_model_len=max_model_len, enable_prefix_cache=enable_prefix_cache,
-                              vision_cache_bytes=vision_cache_mb * 1024**2)
-        self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode)
+        self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode,
+                             runner=self._parallel.runner if self._parallel else None)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel worker ranks (nothing to do for a single-process LLM); safe to call twice."""
+        if self._parallel is not None:
+            self._parallel.close()
 
     # ------------------------------------------------------------------ helpers
     def _decode(self, ids: list[int]) -> str:

@@ -51,7 +51,7 @@ class StepOutput:
 
 class Engine:
     def __init__(self, model, eos_token_ids: list[int], config: EngineConfig | None = None,
-                 decode: Callable[[list[int]], str] | None = None):
+                 decode: Callable[[list[int]], str] | None = None, runner=None):
         self.model = model
         self.config = cfg = config or EngineConfig()
         tc = model.config.text_config
@@ -62,7 +62,9 @@ class Engine:
         self.max_model_len = min(cfg.max_model_len or tc.max_position_embeddings, self.capacity)
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_cache)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_batch_tokens)
-        self.runner = ModelRunner(model, num_blocks, cfg.block_size, cfg.vision_cache_bytes)
+        # a runner passed in (tensor parallelism: `qwen3vl.parallel`) was built for `cfg.num_blocks` blocks
+        self.runner = runner if runner is not None else ModelRunner(model, num_blocks, cfg.block_size,
+                                                                    cfg.vision_cache_bytes)
         self.eos_token_ids = set(eos_token_ids)
         self.decode_fn = decode
         self.requests: dict[str, list[Sequence]] = {}

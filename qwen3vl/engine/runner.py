@@ -58,14 +58,15 @@ class PagedAttention:
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         kc, vc = self.cache.k[layer_idx], self.cache.v[layer_idx]
-        kc[self.new_slots] = k[0].to(kc.dtype)
-        vc[self.new_slots] = v[0].to(vc.dtype)
+        kc.index_copy_(0, self.new_slots, k[0].to(kc.dtype))
+        vc.index_copy_(0, self.new_slots, v[0].to(vc.dtype))
         out = torch.empty_like(q)
         gqa = q.shape[2] != k.shape[2]
         if len(self.decodes) > 1:
             qd = q[0, self._dec_q][:, :, None, :]  # (B, H, 1, Dh)
-            kd = kc[self._dec_slots].transpose(1, 2)  # (B, K, maxctx, Dh)
-            vd = vc[self._dec_slots].transpose(1, 2)
+            flat = self._dec_slots.view(-1)
+            kd = kc.index_select(0, flat).view(*self._dec_slots.shape, *kc.shape[1:]).transpose(1, 2)  # (B, K, ctx, Dh)
+            vd = vc.index_select(0, flat).view(*self._dec_slots.shape, *vc.shape[1:]).transpose(1, 2)
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=self._dec_mask, scale=scale, enable_gqa=gqa)
             out[0, self._dec_q] = o[:, :, 0, :]
             singles = self.others
@@ -73,8 +74,8 @@ class PagedAttention:
             singles = self.seqs
         for s in singles:
             qs = q[0, s.q_start:s.q_start + s.n].transpose(0, 1)[None]  # (1, H, n, Dh)
-            ks = kc[s.slots].transpose(0, 1)[None]  # (1, K, ctx, Dh)
-            vs = vc[s.slots].transpose(0, 1)[None]
+            ks = kc.index_select(0, s.slots).transpose(0, 1)[None]  # (1, K, ctx, Dh)
+            vs = vc.index_select(0, s.slots).transpose(0, 1)[None]
             if s.n == 1:
                 o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=gqa)
             elif s.n == s.ctx:
