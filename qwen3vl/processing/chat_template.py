@@ -1,0 +1,100 @@
+"""Checkpoint chat templates: find them, recognise Instruct vs Thinking, and render them in a Jinja sandbox.
+
+Our renderer (`chat.py`) is the one used; a shipped template only decides the format (unless one is forced), and can
+be rendered as a cross-check. The sandbox mirrors transformers' `apply_chat_template` environment:
+`ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)`, `tojson` without ASCII escaping,
+`raise_exception`, and the loop-controls extension.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from qwen3vl.processing.chat import ChatFormat, tojson
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_TEMPLATES: dict[str, str] = {"instruct": "qwen3vl_instruct.jinja", "thinking": "qwen3vl_thinking.jinja"}
+
+
+@cache
+def builtin_template(chat_format: ChatFormat) -> str:
+    """The official template text for a format, as shipped with the checkpoints (stored verbatim)."""
+    return resources.files("qwen3vl").joinpath("templates", BUILTIN_TEMPLATES[chat_format]).read_text("utf-8")
+
+
+def load_checkpoint_template(folder: str | Path) -> str | None:
+    """chat_template.json ("chat_template" key), chat_template.jinja, or tokenizer_config.json's "chat_template"."""
+    folder = Path(folder)
+    path = folder / "chat_template.json"
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("chat_template")
+        if isinstance(value, str):
+            return value
+    path = folder / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text("utf-8")
+    path = folder / "tokenizer_config.json"
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("chat_template")
+        if isinstance(value, list):  # [{"name": ..., "template": ...}]
+            value = next((t.get("template") for t in value if t.get("name") == "default"), None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def detect_format(template: str) -> ChatFormat:
+    """Thinking templates open the answer with `<think>` in the generation prompt and read `reasoning_content`."""
+    if "<think>" in template and "reasoning_content" in template:
+        return "thinking"
+    return "instruct"
+
+
+def matches_builtin(template: str) -> ChatFormat | None:
+    """The format whose official template this is (ignoring trailing whitespace), or None for a custom one."""
+    for chat_format in BUILTIN_TEMPLATES:
+        if template.rstrip() == builtin_template(chat_format).rstrip():  # type: ignore[arg-type]
+            return chat_format  # type: ignore[return-value]
+    return None
+
+
+@cache
+def _environment():
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    return env
+
+
+def render_template(
+    template: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    add_vision_id: bool = False,
+    **extra: Any,
+) -> str:
+    """Render a chat template in the sandbox. Pass normalised messages (media parts keep their keys; the
+    templates only test for them)."""
+    compiled = _environment().from_string(template)
+    return compiled.render(
+        messages=messages,
+        tools=tools,
+        add_generation_prompt=add_generation_prompt,
+        add_vision_id=add_vision_id,
+        **extra,
+    )

@@ -1,0 +1,310 @@
+"""Videos: decode with PyAV keeping only the sampled frames, resize each as it is kept, then patchify.
+
+Memory stays bounded by the output: frames are decoded in order (inter-frame codecs need that), frames that are not
+sampled are dropped without RGB conversion, each sampled frame is resized at once and streamed into the preallocated
+`pixel_values` one temporal patch at a time (`PatchWriter`), and decoding stops after the last sampled frame. A
+10-minute 1080p video therefore costs its `pixel_values` plus a few frames, never its 18 000 full-size frames.
+
+Frames are resized with bicubic + antialias on uint8 through torch (`F.interpolate`, round, clamp), which is what the
+torchvision resize in both references (qwen-vl-utils, transformers' video processor) does. Sampling rules and sizes
+are in `sampling.py`. A list of frames (images) is accepted as a video too, with a given `sample_fps`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qwen3vl.processing import sources
+from qwen3vl.processing.errors import MediaError
+from qwen3vl.processing.image import DEFAULT_MAX_IMAGE_PIXELS, QVU_IMAGE_MAX_TOKENS, QVU_IMAGE_MIN_TOKENS, load_image
+from qwen3vl.processing.media import ProcessedVideo
+from qwen3vl.processing.pixels import Normalization, PatchWriter
+from qwen3vl.processing.preprocessor_config import VideoConfig
+from qwen3vl.processing.resize import smart_resize, smart_resize_video
+from qwen3vl.processing.sampling import (
+    VideoRule,
+    frame_range,
+    frame_size_qwen_vl_utils,
+    frame_timestamps,
+    num_frames_hf,
+    num_frames_qwen_vl_utils,
+    pad_indices,
+    sample_indices,
+)
+
+logger = logging.getLogger(__name__)
+
+_FLOAT_KEYS = ("fps", "video_start", "video_end", "total_pixels", "sample_fps", "raw_fps")
+_INT_KEYS = ("nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "resized_height", "resized_width")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """Per-item video keys (qwen-vl-utils names). None means "use the checkpoint/rule default"."""
+
+    fps: float | None = None
+    nframes: int | None = None
+    min_frames: int | None = None
+    max_frames: int | None = None
+    video_start: float | None = None
+    video_end: float | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    total_pixels: float | None = None
+    resized_height: int | None = None
+    resized_width: int | None = None
+    sample_fps: float | None = None  # frame lists: the rate the frames were taken at
+    raw_fps: float | None = None  # frame lists: the source video's rate (qwen-vl-utils metadata quirk)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> VideoOptions:
+        values: dict[str, Any] = {}
+        for key in _FLOAT_KEYS + _INT_KEYS:
+            value = item.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise MediaError(f"{key} must be a number, got {value!r}")
+            if value < 0 or (value == 0 and key not in ("video_start", "video_end")):
+                raise MediaError(f"{key} must be positive, got {value!r}")
+            values[key] = float(value) if key in _FLOAT_KEYS else int(value)
+        if values.get("fps") is not None and values.get("nframes") is not None:
+            raise MediaError("give either fps or nframes for a video, not both")
+        if ("resized_height" in values) != ("resized_width" in values):
+            raise MediaError("resized_height and resized_width must be given together")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    indices: list[int]  # source frames to keep, in output order
+    height: int
+    width: int
+
+
+def resize_frame(frame_HWC: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (height, width, 3): bicubic with antialias, rounded and clamped like torchvision.
+
+    Only the interpolation runs in torch; the casts run in NumPy, which is much faster than torch's thread pool
+    for these small element-wise steps on a busy few-core machine.
+    """
+    if frame_HWC.shape[:2] == (height, width):
+        return frame_HWC
+    x_13HW = torch.from_numpy(np.ascontiguousarray(frame_HWC.transpose(2, 0, 1), dtype=np.float32))[None]
+    y_3HW = F.interpolate(x_13HW, size=(height, width), mode="bicubic", align_corners=False, antialias=True)[0]
+    y = np.clip(np.rint(y_3HW.numpy()), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(y.transpose(1, 2, 0))
+
+
+def _plan_file(
+    total: int, video_fps: float, src_h: int, src_w: int, cfg: VideoConfig, o: VideoOptions, rule: VideoRule
+) -> _Plan:
+    first, last = frame_range(total, video_fps, o.video_start, o.video_end)
+    count = last - first + 1
+    fps = o.fps if o.fps is not None else cfg.fps
+    min_frames = o.min_frames if o.min_frames is not None else cfg.min_frames
+    if count == 1:  # a single-frame video (e.g. a one-frame GIF): keep it, temporal padding doubles it
+        n = 1
+    elif rule == "qwen-vl-utils":
+        max_frames = o.max_frames if o.max_frames is not None else min(cfg.max_frames, count)
+        n = num_frames_qwen_vl_utils(count, video_fps, fps, min_frames, max_frames, o.nframes)
+    else:
+        max_frames = o.max_frames if o.max_frames is not None else cfg.max_frames
+        n = num_frames_hf(count, video_fps, fps, min_frames, max_frames, o.nframes)
+    indices = sample_indices(first, last, n, rule)
+    height, width = _frame_size(src_h, src_w, len(indices), cfg, o, rule)
+    return _Plan(indices, height, width)
+
+
+def _frame_size(h: int, w: int, n: int, cfg: VideoConfig, o: VideoOptions, rule: VideoRule) -> tuple[int, int]:
+    f = cfg.factor
+    if o.resized_height is not None and o.resized_width is not None:
+        lo, hi = QVU_IMAGE_MIN_TOKENS * f * f, QVU_IMAGE_MAX_TOKENS * f * f
+        return smart_resize(o.resized_height, o.resized_width, f, lo, hi, rule="qwen-vl-utils")
+    if rule == "hf":
+        lo = o.min_pixels if o.min_pixels is not None else cfg.min_pixels
+        hi = o.max_pixels if o.max_pixels is not None else cfg.max_pixels
+        return smart_resize_video(max(n, cfg.temporal_patch_size), h, w, f, cfg.temporal_patch_size, lo, hi)
+    n_even = max(n + (-n % cfg.temporal_patch_size), cfg.temporal_patch_size)
+    return frame_size_qwen_vl_utils(
+        h,
+        w,
+        n_even,
+        f,
+        cfg.min_tokens_per_frame,
+        cfg.max_tokens_per_frame,
+        o.total_pixels if o.total_pixels is not None else cfg.total_pixels,
+        o.min_pixels,
+        o.max_pixels,
+    )
+
+
+def _open(data: bytes | Path):
+    import av  # optional heavy dependency: imported where used
+
+    try:
+        container = av.open(io.BytesIO(data) if isinstance(data, bytes) else str(data), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(f"cannot read video: {e}") from None
+    if not container.streams.video:
+        container.close()
+        raise MediaError("video has no frames: the file holds no video stream")
+    return container
+
+
+def probe(data: bytes | Path) -> tuple[int, float, int, int]:
+    """(total_frames, fps, height, width) from the container; frames are counted from packets when the header
+    does not say (webm/mkv/gif), which reads the file but decodes nothing."""
+    import av
+
+    container = _open(data)
+    try:
+        stream = container.streams.video[0]
+        height, width = stream.codec_context.height, stream.codec_context.width
+        total = stream.frames
+        if not total:
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        if fps <= 0 and stream.duration and stream.time_base:
+            fps = total / float(stream.duration * stream.time_base)
+    except av.FFmpegError as e:
+        raise MediaError(f"cannot read video: {e}") from None
+    finally:
+        container.close()
+    if total <= 0:
+        raise MediaError("video has no frames")
+    if fps <= 0:
+        raise MediaError("video frame rate is unknown")
+    if height <= 0 or width <= 0:
+        raise MediaError(f"video frames are {width}x{height} pixels")
+    return total, fps, height, width
+
+
+def iter_frames(data: bytes | Path, indices: Sequence[int], height: int, width: int) -> Iterator[np.ndarray]:
+    """The frames at ascending `indices` (repeats allowed), each resized to (height, width) as it is decoded.
+
+    Yields uint8 (height, width, 3) arrays in order. If the stream ends before a requested index (headers can
+    overstate the frame count), the last decoded frame stands in for the rest, with a warning; a stream that yields
+    no frame at all is an error.
+    """
+    import av
+
+    if any(b < a for a, b in zip(indices, indices[1:], strict=False)):
+        raise ValueError("frame indices must be ascending")
+    n, pos = len(indices), 0
+    last: np.ndarray | None = None
+    container = _open(data)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if pos >= n:
+                break
+            if i == indices[pos]:
+                last = resize_frame(frame.to_ndarray(format="rgb24"), height, width)
+                while pos < n and indices[pos] == i:
+                    yield last
+                    pos += 1
+    except av.FFmpegError as e:
+        if last is None:
+            raise MediaError(f"cannot decode video: {e}") from None
+        logger.warning("video decoding stopped early (%s); reusing the last decoded frame", e)
+    finally:
+        container.close()
+    if last is None:
+        raise MediaError("video has no decodable frames")
+    if pos < n:
+        logger.warning("video ended before frame %d; reusing the last decoded frame", indices[pos])
+        for _ in range(n - pos):
+            yield last
+
+
+def _assemble(
+    frames: Iterable[np.ndarray],
+    n: int,
+    height: int,
+    width: int,
+    indices: list[int],
+    video_fps: float,
+    cfg: VideoConfig,
+    timestamp_indices: list[int] | None = None,
+) -> ProcessedVideo:
+    norm = Normalization(cfg.image_mean, cfg.image_std, cfg.rescale_factor)
+    writer = PatchWriter("video", n, height, width, norm, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+    for frame in frames:
+        writer.add(frame)
+    pixel_values, grid, digest = writer.finish()
+    stamps = frame_timestamps(timestamp_indices or indices, video_fps, cfg.temporal_patch_size)
+    return ProcessedVideo(pixel_values, grid, digest, tuple(stamps), tuple(indices), video_fps, cfg.merge_size)
+
+
+def process_video_file(
+    src: Any,
+    cfg: VideoConfig,
+    opts: VideoOptions,
+    rule: VideoRule = "qwen-vl-utils",
+    fetch: sources.FetchOptions | None = None,
+) -> ProcessedVideo:
+    """A video file/URL/data URI/bytes -> ProcessedVideo."""
+    data = sources.resolve(src, fetch or sources.FetchOptions())
+    total, video_fps, src_h, src_w = probe(data)
+    plan = _plan_file(total, video_fps, src_h, src_w, cfg, opts, rule)
+    frames = iter_frames(data, plan.indices, plan.height, plan.width)
+    return _assemble(frames, len(plan.indices), plan.height, plan.width, plan.indices, video_fps, cfg)
+
+
+def process_video_frames(
+    frames: Sequence[Any],
+    cfg: VideoConfig,
+    opts: VideoOptions,
+    rule: VideoRule = "qwen-vl-utils",
+    fetch: sources.FetchOptions | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> ProcessedVideo:
+    """A list of frames (any image source) taken at `sample_fps` (default 2) -> ProcessedVideo.
+
+    qwen-vl-utils rule (as on its GitHub master, which fixed 0.0.14's patch-32 bug for frame lists): the size is the
+    image smart_resize of the first frame followed by the per-frame video budget, applied as ONE resize; the list
+    is padded to an even length; timestamps use indices 0..n_padded-1 at `raw_fps` (default `sample_fps`).
+    hf rule: the 3-D budget over all frames, padding repeats the last index.
+    Frames of a different size than the first are resized to the same target.
+    """
+    if len(frames) == 0:
+        raise MediaError("video frame list is empty")
+    images = []
+    for k, frame in enumerate(frames):
+        try:
+            images.append(load_image(frame, fetch, max_image_pixels))
+        except MediaError as e:
+            raise MediaError(f"frame {k}: {e}") from None
+    sample_fps = opts.sample_fps if opts.sample_fps is not None else 2.0
+    width0, height0 = images[0].size
+    n = len(images)
+    f = cfg.factor
+    if rule == "qwen-vl-utils":
+        if opts.resized_height is None:
+            lo = opts.min_pixels if opts.min_pixels is not None else QVU_IMAGE_MIN_TOKENS * f * f
+            hi = opts.max_pixels if opts.max_pixels is not None else QVU_IMAGE_MAX_TOKENS * f * f
+            height0, width0 = smart_resize(height0, width0, f, lo, hi, rule="qwen-vl-utils")
+        n_padded = n + (-n % cfg.temporal_patch_size)
+        height, width = _frame_size(height0, width0, n_padded, cfg, opts, rule)
+        indices = list(range(n))
+        stamp_indices = list(range(n_padded))
+        video_fps = opts.raw_fps if opts.raw_fps is not None else sample_fps
+    else:
+        height, width = _frame_size(height0, width0, n, cfg, opts, rule)
+        indices = list(range(n))
+        stamp_indices = pad_indices(indices, cfg.temporal_patch_size)
+        video_fps = sample_fps
+    frames = (resize_frame(np.asarray(img), height, width) for img in images)
+    return _assemble(frames, n, height, width, indices, video_fps, cfg, stamp_indices)
