@@ -12,6 +12,7 @@ _PARSERS = [
     ("qwen3vl.commands", "add_run_parser"),
     ("qwen3vl.commands", "add_chat_parser"),
     ("qwen3vl.commands", "add_init_random_parser"),
+    ("qwen3vl.serve.cli", "add_serve_parser"),
     ("qwen3vl.tasks.cli", "add_ground_parser"),
     ("qwen3vl.tasks.cli", "add_ground3d_parser"),
     ("qwen3vl.tasks.cli", "add_document_parser"),

@@ -102,3 +102,27 @@ def test_tool_calls_and_malformed_ones():
     bad = parse_output('<tool_call>\n{"name": "f", "arguments": {"x": \n</tool_call>', thinking=False,
                        parse_tools=True)
     assert bad.tool_calls == [] and bad.tool_call_error and "<tool_call>" in bad.content
+
+
+def test_stream_before_a_tool_call_joins_to_the_parsed_text(llm, monkeypatch):
+    """Text before a tool call: the stream must not send the newline the parsed answer strips."""
+    from qwen3vl.llm import _StreamState
+
+    class Out:
+        def __init__(self, seq, ids, finished):
+            self.seq, self.new_tokens, self.finished = seq, ids, finished
+
+    text = 'Let me check.\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    ids = llm.tokenizer.encode(text)
+    seq = type("Seq", (), {"params": llm.sampling_params(), "output_ids": [], "stop_text": None,
+                           "finish_reason": None, "logprobs": []})()
+    state = _StreamState(llm, seq, tools=[{"type": "function", "function": {"name": "f"}}])
+    pieces = []
+    for i, t in enumerate(ids):
+        seq.output_ids.append(t)
+        last = i == len(ids) - 1
+        if last:
+            seq.finish_reason = "stop"
+        pieces.append(state.advance(Out(seq, [t], last)))
+    assert "".join(p.text for p in pieces) == "Let me check."
+    assert pieces[-1].tool_calls == [{"name": "f", "arguments": {}}]

@@ -1,0 +1,199 @@
+"""The OpenAI-compatible HTTP app: `create_app(llm, settings)` -> a FastAPI app the official `openai` client uses
+unchanged.
+
+Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both streamed as server-sent events or not),
+`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text). All generation goes through one `EngineLoop`.
+
+Request bodies are read (size-limited; NaN/Infinity rejected) and validated with the pydantic models in
+`schemas.py`, so every bad input is an OpenAI-shaped 4xx naming the field; `transport.py` holds the HTTP plumbing
+(the disconnect-aware SSE response, the API-key / error guard).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qwen3vl.llm import LLM
+from qwen3vl.processing.errors import MediaError, MessageFormatError
+from qwen3vl.processing.sources import FetchOptions
+from qwen3vl.serve import responses as R
+from qwen3vl.serve.errors import APIError, bad_request, error_body
+from qwen3vl.serve.jobs import Deltas, Finished, Job
+from qwen3vl.serve.loop import EngineLoop, RequestHandle
+from qwen3vl.serve.media import MediaPolicy
+from qwen3vl.serve.metrics import Metrics
+from qwen3vl.serve.prompts import chat_job, completion_job, sampling_params
+from qwen3vl.serve.schemas import ChatCompletionRequest, CompletionRequest, parse
+from qwen3vl.serve.transport import EventStream, Guard, read_json, stream_events, wait_finished
+
+
+@dataclass
+class ServeSettings:
+    served_model_names: list[str]
+    api_key: str | None = None
+    max_queue: int = 256  # requests that may wait beyond the engine's max_num_seqs; then 429
+    request_timeout: float = 600.0  # seconds from arrival; then 504 and the request is aborted
+    allow_remote_media: bool = False
+    allowed_local_media_path: str | None = None
+    remote_media_timeout: float = 10.0
+    max_remote_media_mb: float = 64.0
+    max_request_mb: float = 64.0
+    preprocess_workers: int = 2
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)  # for fields a request leaves out
+
+
+def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
+    """The app for one LLM. It owns the LLM's engine while it runs (one `EngineLoop` thread, started and stopped
+    with the app's lifespan) and sets the processor's remote-media options from `settings`."""
+    llm.processor.fetch = FetchOptions(settings.allow_remote_media, settings.remote_media_timeout,
+                                       int(settings.max_remote_media_mb * 2**20))
+    root = settings.allowed_local_media_path
+    policy = MediaPolicy(
+        allow_remote=settings.allow_remote_media,
+        local_root=Path(root).expanduser().resolve() if root else None,
+        max_image_pixels=llm.media_defaults.get("max_pixels") or llm.processor.image_config.max_pixels,
+        max_video_pixels=llm.media_defaults.get("max_pixels") or llm.processor.video_config.max_pixels,
+        max_frames=llm.media_defaults.get("max_frames") or llm.processor.video_config.max_frames)
+    metrics = Metrics()
+    engine_loop = EngineLoop(llm, metrics, max_queue=settings.max_queue, request_timeout=settings.request_timeout,
+                             preprocess_workers=settings.preprocess_workers)
+    names = settings.served_model_names
+    max_body = int(settings.max_request_mb * 2**20)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine_loop.start()
+        try:
+            yield
+        finally:
+            engine_loop.stop()
+
+    app = FastAPI(title="qwen3vl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine_loop = engine_loop
+    app.state.metrics = metrics
+    app.add_middleware(Guard, api_key=settings.api_key, metrics=metrics)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        headers = {"Retry-After": "1"} if e.status in (429, 503) else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on "
+                                                             f"{request.url.path}"}.get(e.status_code, str(e.detail))
+        return JSONResponse(error_body(message, "invalid_request_error"), status_code=e.status_code)
+
+    def check_model(model: str | None) -> None:
+        if model is not None and model not in names:
+            raise APIError(404, f"the model {model!r} does not exist; this server serves {', '.join(names)}",
+                           "model", "model_not_found")
+
+    def envelope(prefix: str) -> R.Envelope:
+        return R.Envelope(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), names[0])
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/health")
+    async def health():
+        if engine_loop.closing or not engine_loop.alive:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(n, llm) for n in names]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str):
+        check_model(model)
+        return _model_card(model, llm)
+
+    @app.get("/metrics")
+    async def metrics_route():
+        return PlainTextResponse(metrics.render(engine_loop.stats, len(engine_loop.in_flight)),
+                                 media_type="text/plain; version=0.0.4")
+
+    async def run(request: Request, env: R.Envelope, build: Callable[[], Job], arrival: float,
+                  events: Callable[[RequestHandle], AsyncIterator[str]] | None, render: Callable):
+        """Queue the job; stream its events, or wait for it and `render(env, choices, usage)`."""
+        handle = await engine_loop.submit(env.id, build, arrival)
+        if events is not None:
+            return EventStream(events(handle), lambda: engine_loop.finish(handle))
+        try:
+            done = await wait_finished(handle, request)
+        finally:
+            engine_loop.finish(handle)
+        if done is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        return JSONResponse(render(env, done.choices, done.usage))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        arrival = time.monotonic()
+        body = await read_json(request, max_body)
+        req = parse(ChatCompletionRequest, body)
+        check_model(req.model)
+        params = sampling_params(llm, req.sampling(), settings.sampling_defaults)
+        try:
+            build = chat_job(llm, req, body.get("tools") if req.tools else None, params, policy)
+        except (MessageFormatError, MediaError) as e:
+            raise bad_request(str(e), "messages") from None
+        env = envelope("chatcmpl")
+        events = (lambda h: _chat_events(env, h, req.n, req.include_usage)) if req.stream else None
+        return await run(request, env, build, arrival, events, R.chat_completion)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        arrival = time.monotonic()
+        body = await read_json(request, max_body)
+        req = parse(CompletionRequest, body)
+        check_model(req.model)
+        params = sampling_params(llm, req.sampling(), settings.sampling_defaults)
+        env = envelope("cmpl")
+        events = (lambda h: _completion_events(env, h, req.include_usage)) if req.stream else None
+        return await run(request, env, completion_job(llm, req, params), arrival, events, R.completion)
+
+    return app
+
+
+def _model_card(name: str, llm: LLM) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "qwen3vl", "root": str(llm.path),
+            "max_model_len": llm.engine.max_model_len}
+
+
+async def _chat_events(env: R.Envelope, handle: RequestHandle, n: int, include_usage: bool) -> AsyncIterator[str]:
+    for i in range(n):
+        yield R.sse(R.chat_chunk(env, [R.chat_role_choice(i)], include_usage))
+    async for ev in stream_events(handle):
+        if isinstance(ev, Deltas):
+            yield R.sse(R.chat_chunk(env, [R.chat_delta_choice(d) for d in ev.deltas], include_usage))
+        elif isinstance(ev, Finished):
+            if include_usage:
+                yield R.sse(R.usage_chunk(env, "chat.completion.chunk", ev.usage))
+        else:
+            yield R.sse(ev.body())
+    yield R.SSE_DONE
+
+
+async def _completion_events(env: R.Envelope, handle: RequestHandle, include_usage: bool) -> AsyncIterator[str]:
+    async for ev in stream_events(handle):
+        if isinstance(ev, Deltas):
+            yield R.sse(R.completion_chunk(env, ev.deltas, include_usage))
+        elif isinstance(ev, Finished):
+            if include_usage:
+                yield R.sse(R.usage_chunk(env, "text_completion", ev.usage))
+        else:
+            yield R.sse(ev.body())
+    yield R.SSE_DONE
+
+

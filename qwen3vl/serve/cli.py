@@ -1,0 +1,113 @@
+"""`qwen3vl serve`: flags -> `ServeSettings` + an `LLM` -> uvicorn running `create_app`.
+
+Model, media-budget and sampling flags are the ones `run`/`chat` take (`qwen3vl.commands`); the sampling flags
+become the server's defaults for fields a request leaves out (so `--max-tokens` caps requests that send none).
+The API key may come from `--api-key` or the `QWEN3VL_API_KEY` environment variable (which keeps it out of `ps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def add_serve_parser(sub) -> None:
+    from qwen3vl.commands import add_model_flags, add_sampling_flags
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat completions, completions, models, "
+                                     "health, Prometheus metrics)")
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default: "
+                        "$QWEN3VL_API_KEY, else no key)")
+    g.add_argument("--served-model-name", nargs="+", default=None,
+                   help="model name(s) clients send (default: the --model argument); the first is reported")
+    g.add_argument("--max-queue", type=int, default=256,
+                   help="requests that may wait beyond --max-num-seqs running ones; more get 429")
+    g.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds a request may take from arrival; then 504 and it is aborted")
+    g.add_argument("--allowed-local-media-path", default=None,
+                   help="folder whose files (paths or file:// URLs) messages may reference (default: none)")
+    g.add_argument("--remote-media-timeout", type=float, default=10.0,
+                   help="seconds to fetch one http(s) image/video (with --allow-remote-media)")
+    g.add_argument("--max-remote-media-mb", type=float, default=64.0, help="size limit of one fetched media file")
+    g.add_argument("--max-request-mb", type=float, default=64.0, help="size limit of a request body (413 above)")
+    g.add_argument("--preprocess-workers", type=int, default=2,
+                   help="threads that render, tokenise and decode media before generation")
+    g.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
+    add_model_flags(p)
+    add_sampling_flags(p)
+    p.set_defaults(func=lambda a: serve(a))
+
+
+def settings_from_args(args: argparse.Namespace):
+    from qwen3vl.commands import sampling_kwargs
+    from qwen3vl.serve.app import ServeSettings
+
+    names = args.served_model_name or [args.model or "qwen3vl-demo"]
+    return ServeSettings(
+        served_model_names=names, api_key=args.api_key or os.environ.get("QWEN3VL_API_KEY") or None,
+        max_queue=args.max_queue, request_timeout=args.request_timeout, allow_remote_media=args.allow_remote_media,
+        allowed_local_media_path=args.allowed_local_media_path, remote_media_timeout=args.remote_media_timeout,
+        max_remote_media_mb=args.max_remote_media_mb, max_request_mb=args.max_request_mb,
+        preprocess_workers=args.preprocess_workers, sampling_defaults=sampling_kwargs(args))
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise SystemExit("error: `qwen3vl serve` needs the serve extra: pip install 'qwen3vl[serve]'") from None
+    from qwen3vl.commands import build_llm
+    from qwen3vl.serve.app import create_app
+
+    settings = settings_from_args(args)
+    if not _is_loopback(args.host) and settings.api_key is None:
+        log.warning("serving on %s without an API key: anyone who can reach this address can use the model",
+                    args.host)
+    if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
+        raise SystemExit(f"error: --allowed-local-media-path {args.allowed_local_media_path} is not a folder")
+    llm = build_llm(args)
+    app = create_app(llm, settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log,
+                            log_level=logging.getLevelName(min(logging.getLogger().level, logging.INFO)).lower(),
+                            timeout_graceful_shutdown=30)
+    server = _make_server(config, app.state.engine_loop)
+    print(f"serving {settings.served_model_names[0]} on http://{args.host}:{args.port}/v1", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down gracefully
+        pass
+    finally:
+        close = getattr(llm, "close", None)  # stops tensor-parallel worker ranks, if any
+        if close is not None:
+            close()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _make_server(config, engine_loop):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Stops taking new requests (503) as soon as a shutdown signal arrives; running ones may finish."""
+
+        def handle_exit(self, sig, frame) -> None:
+            engine_loop.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    return Server(config)

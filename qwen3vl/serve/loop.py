@@ -1,0 +1,312 @@
+"""The engine loop: one thread owns the LLM's engine and steps it for every request at once (continuous batching).
+
+Threads and what they own:
+
+* the HTTP event loop (asyncio) parses requests, holds a `RequestHandle` per request and reads its events;
+* a small worker pool does the CPU work before generation: rendering the chat, tokenising, fetching and decoding
+  images and videos (the `build` function of `prompts.py`), so a large image never stalls everyone's decoding;
+* the engine thread is the only one that calls `engine.add_request`, `engine.step` and `engine.abort`. Requests and
+  aborts reach it through a thread-safe inbox; its outputs go back to each request's asyncio queue through
+  `loop.call_soon_threadsafe`, one batch of events per request per step.
+
+A request that is aborted (client gone, timeout) is removed from the engine at once, which frees its sequences and
+KV blocks. If a step raises (a bug: bad input is rejected before it gets here), every running request fails with a
+500 and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from qwen3vl.engine.engine import PromptTooLongError, StepOutput
+from qwen3vl.engine.sequence import Sequence
+from qwen3vl.llm import LLM
+from qwen3vl.processing.errors import MediaError, MessageFormatError
+from qwen3vl.serve.errors import APIError, bad_request
+from qwen3vl.serve.jobs import Admitted, Deltas, Failed, Finished, Job, Usage
+from qwen3vl.serve.metrics import Metrics
+from qwen3vl.serve.outputs import ChoiceDelta
+
+log = logging.getLogger(__name__)
+
+
+class RequestHandle:
+    """The HTTP side's end of one request: an asyncio queue the engine thread fills with event batches."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop, arrival: float, deadline: float):
+        self.id = request_id
+        self.arrival = arrival
+        self.deadline = deadline
+        self.loop = loop
+        self.queue: asyncio.Queue[list] = asyncio.Queue()
+        self.cancelled = False  # written by the HTTP side, read by the engine thread
+        self.done = False  # the engine thread delivered Finished or Failed
+
+    def emit(self, events: list) -> None:  # engine thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, events)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+    async def next_events(self) -> list:
+        """The next batch of events; a 504 APIError once the request's deadline has passed."""
+        remaining = self.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout=max(remaining, 0.0))
+        except TimeoutError:
+            raise APIError(504, f"the request did not finish within the server's request timeout "
+                                f"({self.deadline - self.arrival:.0f} s); it was aborted", code="timeout") from None
+
+
+class _Active:
+    """Engine-thread state of one admitted request."""
+
+    def __init__(self, handle: RequestHandle, job: Job, rids: list[str], seqs: list[Sequence], prompt_tokens: int):
+        self.handle, self.job, self.rids, self.seqs = handle, job, rids, seqs
+        self.choices = [job.make_choice(s, i) for i, s in enumerate(seqs)]
+        self.index = {s.seq_id: i for i, s in enumerate(seqs)}
+        self.prompt_tokens = prompt_tokens
+        self.finished = 0
+        self.first_token = False
+        self.last_token_at: dict[int, float] = {}
+        self.deltas: list[ChoiceDelta] = []
+
+    def usage(self) -> Usage:
+        cached = sum(self.seqs[k * self.job.params.n].num_cached_prefix for k in range(len(self.rids)))
+        return Usage(self.prompt_tokens, sum(len(s.output_ids) for s in self.seqs), cached)
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+class _NoVisionCache:  # a runner without a vision cache (metrics then read zeros)
+    hits = misses = bytes = 0
+
+
+class EngineLoop:
+    def __init__(self, llm: LLM, metrics: Metrics, *, max_queue: int = 256, request_timeout: float = 600.0,
+                 preprocess_workers: int = 2):
+        self.llm = llm
+        self.engine = llm.engine
+        self.metrics = metrics
+        self.max_in_flight = self.engine.config.max_num_seqs + max_queue
+        self.request_timeout = request_timeout
+        self.pool = ThreadPoolExecutor(max_workers=preprocess_workers, thread_name_prefix="qwen3vl-preprocess")
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.in_flight: set[RequestHandle] = set()  # HTTP side only
+        self.closing = False
+        self._active: dict[str, _Active] = {}  # handle id -> state; engine thread only
+        self._by_seq: dict[int, _Active] = {}
+        self.stats = self._snapshot()  # replaced (never mutated) by the engine thread
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="qwen3vl-engine", daemon=True)
+
+    # ------------------------------------------------------------------ HTTP side (asyncio)
+    def start(self) -> None:
+        self._thread.start()
+
+    def begin_shutdown(self) -> None:
+        self.closing = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.closing = True
+        self.inbox.put(("stop", None, None))
+        self._thread.join(timeout)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def check_capacity(self) -> None:
+        if self.closing or not self.alive:
+            raise APIError(503, "the server is shutting down", code="shutting_down")
+        if len(self.in_flight) >= self.max_in_flight:
+            raise APIError(429, f"the server is at capacity ({self.max_in_flight} requests in flight: "
+                                f"{self.engine.config.max_num_seqs} running and a queue of "
+                                f"{self.max_in_flight - self.engine.config.max_num_seqs}); retry later",
+                           code="queue_full")
+
+    async def submit(self, request_id: str, build: Callable[[], Job], arrival: float) -> RequestHandle:
+        """Preprocess on a worker, queue in the engine, and return once admitted (or raise the APIError why not).
+        The caller must `finish(handle)` when done with it."""
+        self.check_capacity()
+        loop = asyncio.get_running_loop()
+        handle = RequestHandle(request_id, loop, arrival, arrival + self.request_timeout)
+        self.in_flight.add(handle)
+        try:
+            fut = loop.run_in_executor(self.pool, build)
+            try:
+                job = await asyncio.wait_for(fut, timeout=max(handle.deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                raise APIError(504, "preparing the request (media download / decoding) took longer than the "
+                                    "server's request timeout", code="timeout") from None
+            except (MediaError, MessageFormatError) as e:
+                raise bad_request(str(e), "messages") from None
+            except PromptTooLongError as e:
+                raise bad_request(str(e), "messages", "context_length_exceeded") from None
+            except ValueError as e:  # the processor's other complaints about its input
+                log.info("request %s refused by the processor: %s", request_id, e)
+                raise bad_request(str(e), "messages") from None
+            self.inbox.put(("add", handle, job))
+            events = await handle.next_events()
+            if isinstance(events[0], Failed):
+                handle.done = True
+                raise events[0].error
+            return handle
+        except BaseException:
+            self.finish(handle)
+            raise
+
+    def finish(self, handle: RequestHandle) -> None:
+        """The HTTP side is done with a request: abort it in the engine unless it already finished."""
+        if not handle.done and not handle.cancelled:
+            handle.cancelled = True
+            self.inbox.put(("abort", handle, None))
+        self.in_flight.discard(handle)
+
+    # ------------------------------------------------------------------ engine thread
+    def _run(self) -> None:
+        while True:
+            try:
+                self._drain(block=not self.engine.has_work())
+                if self._stop.is_set():
+                    break
+                if self.engine.has_work():
+                    self._dispatch(self.engine.step())
+            except Exception:
+                log.exception("the engine loop failed; failing the %d running request(s)", len(self._active))
+                self._fail_all(APIError(500, "internal error while generating; the request was aborted"))
+            self.stats = self._snapshot()
+        self._fail_all(APIError(503, "the server is shutting down", code="shutting_down"))
+        self.stats = self._snapshot()
+
+    def _drain(self, block: bool) -> None:
+        try:
+            cmd = self.inbox.get(timeout=0.2) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, handle, job = cmd
+            if kind == "add":
+                self._add(handle, job)
+            elif kind == "abort":
+                self._abort(handle.id)
+            elif kind == "stop":
+                self._stop.set()
+            try:
+                cmd = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _add(self, handle: RequestHandle, job: Job) -> None:
+        if handle.cancelled:
+            return
+        rids = [handle.id] if len(job.prompts) == 1 else [f"{handle.id}-{k}" for k in range(len(job.prompts))]
+        seqs: list[Sequence] = []
+        try:
+            for rid, p in zip(rids, job.prompts):
+                seqs += self.engine.add_request(rid, p.prompt_ids, job.params, p.media, p.kinds)
+        except Exception as e:
+            for rid in rids:
+                self.engine.abort(rid)
+            if isinstance(e, ValueError):
+                err = bad_request(str(e), "messages",
+                                  "context_length_exceeded" if isinstance(e, PromptTooLongError) else None)
+            else:
+                log.exception("could not add request %s", handle.id)
+                err = APIError(500, "internal error while queueing the request")
+            handle.done = True
+            handle.emit([Failed(err)])
+            return
+        active = _Active(handle, job, rids, seqs, sum(len(p.prompt_ids) for p in job.prompts))
+        self._active[handle.id] = active
+        for s in seqs:
+            self._by_seq[s.seq_id] = active
+        handle.emit([Admitted(active.prompt_tokens)])
+
+    def _abort(self, hid: str) -> None:
+        active = self._active.pop(hid, None)
+        if active is None:
+            return
+        for rid in active.rids:
+            self.engine.abort(rid)
+        for s in active.seqs:
+            self._by_seq.pop(s.seq_id, None)
+
+    def _fail_all(self, err: APIError) -> None:
+        for hid, active in list(self._active.items()):
+            self._abort(hid)
+            active.handle.done = True
+            active.handle.emit([Failed(err)])
+
+    def _dispatch(self, outputs: list[StepOutput]) -> None:
+        now = time.monotonic()
+        touched: dict[str, _Active] = {}
+        for out in outputs:
+            active = self._by_seq.get(out.seq.seq_id)
+            if active is None:
+                continue
+            touched[active.handle.id] = active
+            sid = out.seq.seq_id
+            if out.new_tokens:
+                if not active.first_token:
+                    active.first_token = True
+                    self.metrics.ttft.observe(now - active.handle.arrival)
+                last = active.last_token_at.get(sid)
+                if last is not None:
+                    self.metrics.itl.observe(now - last)
+                active.last_token_at[sid] = now
+            choice = active.choices[active.index[sid]]
+            if active.job.stream:
+                try:
+                    delta = choice.advance(out)
+                except Exception:
+                    log.exception("could not detokenize request %s", active.handle.id)
+                    delta = ChoiceDelta(active.index[sid], finish_reason="error") if out.finished else None
+                if delta is not None:
+                    active.deltas.append(delta)
+            if out.finished:
+                active.finished += 1
+        for active in touched.values():
+            events: list = []
+            if active.deltas:
+                events.append(Deltas(active.deltas))
+                active.deltas = []
+            if active.finished == len(active.seqs):
+                events.append(self._complete(active, now))
+            if events:
+                active.handle.emit(events)
+
+    def _complete(self, active: _Active, now: float):
+        hid = active.handle.id
+        try:
+            choices = None if active.job.stream else [c.result() for c in active.choices]
+            event: Finished | Failed = Finished(choices, active.usage())
+        except Exception:
+            log.exception("could not build the response of request %s", hid)
+            event = Failed(APIError(500, "internal error while building the response"))
+        for rid in active.rids:
+            self.engine.requests.pop(rid, None)
+        for s in active.seqs:
+            self._by_seq.pop(s.seq_id, None)
+        self._active.pop(hid, None)
+        active.handle.done = True
+        self.metrics.e2e.observe(now - active.handle.arrival)
+        return event
+
+    def _snapshot(self) -> dict[str, Any]:
+        e = self.engine
+        vc = getattr(e.runner, "vision_cache", None) or _NoVisionCache
+        return {"waiting": len(e.scheduler.waiting), "running": len(e.scheduler.running),
+                "blocks_used": e.blocks.num_used, "blocks_total": e.blocks.num_blocks,
+                "prefix_hits": e.blocks.hits, "prefix_queries": e.blocks.queries,
+                "vision_hits": vc.hits, "vision_misses": vc.misses, "vision_bytes": vc.bytes,
+                "preemptions": e.scheduler.num_preemptions, "prompt_tokens": e.stats["prompt_tokens"],
+                "generation_tokens": e.stats["generated_tokens"], "engine_requests": len(e.requests),
+                "active": len(self._active)}

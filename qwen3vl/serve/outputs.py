@@ -1,0 +1,252 @@
+"""Sequences -> choices, on the engine thread: streamed deltas while a sequence runs, the finished choice at the end.
+
+A chat choice streams through the LLM's `_StreamState` (incremental detokenizing, hold-back of stop strings and
+tool-call starts, the Thinking reasoning split), and finishes through `LLM.finish_choice` (tool-call and reasoning
+parsing), with the server's tool_choice rules on top:
+
+* `tool_choice: "none"`: tools are not shown to the model, and a `<tool_call>` it writes anyway stays in the text;
+* a forced call (`"required"` or a named function) on an Instruct model: the prompt was prefilled with the call's
+  opening (`<tool_call>\\n` or `<tool_call>\\n{"name": "NAME", "arguments": `), so the output is parsed with that
+  prefix put back; nothing is streamed until the call is complete;
+* `parallel_tool_calls: false` keeps the first call.
+
+Logprobs come out in OpenAI's shapes (chat: token strings, bytes and top alternatives; completions: the legacy
+lists). Special tokens (the end-of-turn token) do not appear in the text, so they are left out of logprobs too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwen3vl.engine.engine import StepOutput
+from qwen3vl.engine.output import parse_output
+from qwen3vl.engine.sequence import Sequence
+from qwen3vl.llm import LLM, _StreamState
+
+
+@dataclass
+class ChoiceDelta:
+    """One streamed piece of one choice; the last one has `finish_reason` (and any tool calls)."""
+
+    index: int
+    text: str = ""
+    reasoning: str = ""
+    logprobs: Any = None  # chat: list of entries; completion: dict of lists
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    text: str
+    reasoning: str | None
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
+    logprobs: Any
+    num_tokens: int
+    extra: dict[str, Any] = field(default_factory=dict)  # non-standard fields (e.g. response_format_error)
+
+
+@dataclass(frozen=True)
+class ChatSpec:
+    """What a chat request asks of its output."""
+
+    tools: list[dict[str, Any]] | None  # shown to the model (None for tool_choice "none")
+    tool_choice_none: bool = False
+    prefix: str | None = None  # forced tool-call opening appended to the prompt
+    parallel_tool_calls: bool = True
+    json_mode: bool = False  # response_format json_object / json_schema: check (non-streamed) output parses
+    logprobs: bool = False
+
+
+# ------------------------------------------------------------------------------------------------- logprobs
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -9999.0  # JSON has no -Infinity
+
+
+def _token(llm: LLM, token_id: int) -> tuple[str, list[int]]:
+    raw = llm.tokenizer.token_bytes(token_id)
+    return raw.decode("utf-8", errors="replace"), list(raw)
+
+
+def chat_logprobs(llm: LLM, ids: list[int], lps: list) -> list[dict[str, Any]]:
+    out = []
+    for tid, (lp, top) in zip(ids, lps):
+        if llm.tokenizer.is_special(tid):
+            continue
+        text, raw = _token(llm, tid)
+        alts = []
+        for alt_id, alt_lp in top or []:
+            alt_text, alt_raw = _token(llm, alt_id)
+            alts.append({"token": alt_text, "logprob": _finite(alt_lp), "bytes": alt_raw})
+        out.append({"token": text, "logprob": _finite(lp), "bytes": raw, "top_logprobs": alts})
+    return out
+
+
+def completion_logprobs(llm: LLM, ids: list[int], lps: list, offset: int = 0) -> dict[str, Any]:
+    tokens, values, tops, offsets = [], [], [], []
+    for tid, (lp, top) in zip(ids, lps):
+        if llm.tokenizer.is_special(tid):
+            continue
+        text, _ = _token(llm, tid)
+        tokens.append(text)
+        values.append(_finite(lp))
+        tops.append({_token(llm, a)[0]: _finite(v) for a, v in top} if top else None)
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+class _LogprobCursor:
+    """Hands out each token's logprob once, as a stream goes."""
+
+    def __init__(self, seq: Sequence):
+        self.seq = seq
+        self.sent = 0
+
+    def take(self) -> tuple[list[int], list]:
+        n = len(self.seq.logprobs)
+        ids, lps = self.seq.output_ids[self.sent:n], self.seq.logprobs[self.sent:n]
+        self.sent = n
+        return ids, lps
+
+
+def _rest(final: str, streamed: str) -> str:
+    return final[len(streamed):] if final.startswith(streamed) else ""
+
+
+# ------------------------------------------------------------------------------------------------- chat
+def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+            for c in calls]
+
+
+class ChatChoice:
+    def __init__(self, llm: LLM, seq: Sequence, index: int, spec: ChatSpec, stream: bool):
+        self.llm, self.seq, self.index, self.spec = llm, seq, index, spec
+        self.stream = stream
+        self.state = _StreamState(llm, seq, spec.tools) if stream and spec.prefix is None else None
+        self.cursor = _LogprobCursor(seq) if spec.logprobs else None
+        self.sent = ""  # answer text streamed so far
+        self.held = ""  # trailing whitespace not yet streamed: the parsed answer strips it before a tool call
+        self._result: ChoiceResult | None = None
+
+    def _logprobs(self) -> list | None:
+        if self.cursor is None:
+            return None
+        return chat_logprobs(self.llm, *self.cursor.take())
+
+    def advance(self, out: StepOutput) -> ChoiceDelta | None:
+        lps = self._logprobs()
+        if out.finished:
+            res = self.result()
+            sent_reasoning = self.state.reasoning if self.state else ""
+            return ChoiceDelta(self.index, _rest(res.text, self.sent), _rest(res.reasoning or "", sent_reasoning),
+                               lps, res.finish_reason, res.tool_calls)
+        if self.state is None:
+            return ChoiceDelta(self.index, logprobs=lps) if lps else None
+        d = self.state.advance(out)
+        text = self.held + (d.text if d else "")
+        piece = text.rstrip()
+        self.held = text[len(piece):]
+        self.sent += piece
+        reasoning = d.reasoning if d else ""
+        if not (piece or reasoning or lps):
+            return None
+        return ChoiceDelta(self.index, piece, reasoning, lps)
+
+    def result(self) -> ChoiceResult:
+        if self._result is not None:
+            return self._result
+        llm, seq, spec = self.llm, self.seq, self.spec
+        choice = llm.finish_choice(seq, spec.tools)
+        text, reasoning, calls = choice.text, choice.reasoning, choice.tool_calls
+        if spec.prefix is not None:
+            parsed = parse_output(spec.prefix + choice.raw_text, False, True)
+            if parsed.tool_calls:
+                text, calls = parsed.content, parsed.tool_calls
+            else:
+                text, calls = spec.prefix + choice.raw_text, []
+        elif spec.tool_choice_none and calls:
+            text, calls = parse_output(choice.raw_text, llm.thinking, False).content, []
+        if calls and not spec.parallel_tool_calls:
+            calls = calls[:1]
+        reason = choice.finish_reason
+        if calls and reason == "stop":
+            reason = "tool_calls"
+        extra: dict[str, Any] = {}
+        if spec.json_mode and not self.stream and not calls:
+            text, problem = check_json(text)
+            if problem:
+                extra["response_format_error"] = problem
+        lps = None
+        if spec.logprobs:
+            lps = chat_logprobs(llm, list(seq.output_ids), list(seq.logprobs))
+        self._result = ChoiceResult(self.index, text, reasoning, openai_tool_calls(calls), reason, lps,
+                                    len(seq.output_ids), extra)
+        return self._result
+
+
+def check_json(text: str) -> tuple[str, str | None]:
+    """(text, None) if `text` is a JSON object (a surrounding ``` fence is removed), else (text, why not)."""
+    body = text.strip()
+    if body.startswith("```"):
+        inner = body[3:]
+        inner = inner[inner.find("\n") + 1:] if "\n" in inner else ""
+        if inner.rstrip().endswith("```"):
+            body = inner.rstrip()[:-3].strip()
+    try:
+        value = json.loads(body)
+    except ValueError as e:
+        return text, f"the output is not valid JSON: {e}"
+    if not isinstance(value, dict):
+        return text, f"the output is JSON but not an object (a {type(value).__name__})"
+    return body, None
+
+
+# ------------------------------------------------------------------------------------------------- completions
+class TextChoice:
+    """A plain completion: the decoded text up to a stop string, no parsing."""
+
+    def __init__(self, llm: LLM, seq: Sequence, index: int, stream: bool):
+        self.llm, self.seq, self.index = llm, seq, index
+        self.decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=True) if stream else None
+        self.hold = max([len(s) for s in seq.params.stop] + [1]) - 1
+        self.sent = ""
+        self.cursor = _LogprobCursor(seq) if seq.params.logprobs is not None else None
+        self._result: ChoiceResult | None = None
+
+    def _logprobs(self) -> dict | None:
+        if self.cursor is None:
+            return None
+        return completion_logprobs(self.llm, *self.cursor.take(), offset=len(self.sent))
+
+    def advance(self, out: StepOutput) -> ChoiceDelta | None:
+        lps = self._logprobs()
+        if out.finished:
+            res = self.result()
+            return ChoiceDelta(self.index, _rest(res.text, self.sent), logprobs=lps, finish_reason=res.finish_reason)
+        self.decoder.add(out.new_tokens)
+        full = self.decoder.text
+        piece = full[len(self.sent):max(len(self.sent), len(full) - self.hold)]
+        self.sent += piece
+        return ChoiceDelta(self.index, piece, logprobs=lps) if piece or lps else None
+
+    def result(self) -> ChoiceResult:
+        if self._result is None:
+            seq = self.seq
+            text = self.llm.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+            if seq.stop_text is not None and seq.stop_text in text:
+                text = text[:text.index(seq.stop_text)]
+            lps = None
+            if seq.params.logprobs is not None:
+                lps = completion_logprobs(self.llm, list(seq.output_ids), list(seq.logprobs))
+            self._result = ChoiceResult(self.index, text, None, [], seq.finish_reason or "length", lps,
+                                        len(seq.output_ids))
+        return self._result

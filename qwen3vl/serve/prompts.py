@@ -1,0 +1,145 @@
+"""Requests -> engine jobs: the messages the model sees, the prompt token ids, and the sampling parameters.
+
+Cheap checks run on the HTTP thread, so a bad request fails fast (messages shape, media sources and budget,
+sampling values); `build()` runs on a preprocessing worker (template, tokenising, media download and decoding).
+
+What the server adds to a chat (documented in docs/SERVING.md):
+
+* `tool_choice: "none"` hides the tools from the model; `"auto"` (the default with tools) shows them;
+* `"required"` / a named function on an Instruct model prefills the assistant turn with the call's opening, so
+  the model must write a call (of that function); on a Thinking model, which has to think first, a system note
+  asks for the call instead;
+* `response_format` `json_object` / `json_schema` adds a system note asking for one JSON object (with the schema);
+  the non-streamed answer is then checked (see `outputs.check_json`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from qwen3vl.engine.engine import PromptTooLongError
+from qwen3vl.engine.sampling import SamplingParams
+from qwen3vl.llm import LLM, media_items
+from qwen3vl.processing.messages import normalize_messages
+from qwen3vl.serve.errors import bad_request
+from qwen3vl.serve.jobs import EnginePrompt, Job
+from qwen3vl.serve.media import MediaPolicy, apply_request_options, check_media
+from qwen3vl.serve.outputs import ChatChoice, ChatSpec, TextChoice
+from qwen3vl.serve.schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
+
+_SAMPLING_EPS = 1e-5  # below this a temperature is greedy: dividing logits by it overflows
+
+
+def sampling_params(llm: LLM, fields: dict[str, Any], server_defaults: dict[str, Any]) -> SamplingParams:
+    """Request fields over server defaults over the checkpoint's; a bad value is a 400 naming the field."""
+    values = {k: v for k, v in server_defaults.items() if v is not None}
+    values.update({k: v for k, v in fields.items() if v is not None})
+    if values.get("temperature") is not None and 0 < values["temperature"] < _SAMPLING_EPS:
+        values["temperature"] = 0.0
+    vocab = llm.model.config.text_config.vocab_size
+    for t in values.get("stop_token_ids") or []:
+        if not 0 <= t < vocab:
+            raise bad_request(f"stop_token_ids: {t} is not a token id (0..{vocab - 1})", "stop_token_ids")
+    try:
+        return llm.sampling_params(**values)
+    except (ValueError, TypeError) as e:
+        name = str(e).split(" ", 1)[0]  # SamplingParams.validate names the field first
+        raise bad_request(str(e), name if name in values else None) from None
+
+
+def _check_length(llm: LLM, n: int) -> None:
+    limit = llm.engine.max_model_len
+    if n >= limit:
+        raise PromptTooLongError(f"the prompt has {n} tokens, but this model's context allows at most {limit - 1} "
+                                 f"prompt tokens (max_model_len {limit}); shorten the messages or use smaller "
+                                 "images (max_pixels)")
+
+
+# ------------------------------------------------------------------------------------------------- chat
+def add_system_note(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
+    """Append `note` to the first system message (the Instruct template drops later ones), or add one."""
+    if messages and messages[0].get("role") == "system":
+        first = dict(messages[0])
+        content = first.get("content")
+        if isinstance(content, list):
+            first["content"] = content + [{"type": "text", "text": "\n\n" + note}]
+        else:
+            first["content"] = f"{content}\n\n{note}" if content else note
+        return [first] + messages[1:]
+    return [{"role": "system", "content": note}] + messages
+
+
+def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any]] | None, params: SamplingParams,
+             policy: MediaPolicy) -> Callable[[], Job]:
+    messages = normalize_messages(req.messages)
+    messages = apply_request_options(messages, req.media_options())
+    check_media(messages, policy)
+
+    choice = req.tool_choice or ("auto" if raw_tools else "none")
+    tools = raw_tools if raw_tools and choice != "none" else None
+    prefix = None
+    notes = []
+    if tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
+        name = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        if llm.thinking:
+            notes.append(f"You must call the function {name}." if name
+                         else "You must call at least one of the provided functions.")
+        else:
+            prefix = "<tool_call>\n" + (f'{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
+                                        if name else "")
+    fmt = req.response_format
+    json_mode = fmt is not None and fmt.type in ("json_object", "json_schema")
+    if json_mode:
+        note = "Respond with a single valid JSON object and nothing else."
+        schema = (fmt.json_schema or {}).get("schema") if fmt.type == "json_schema" else None
+        if schema is not None:
+            note += " It must follow this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
+        notes.append(note)
+    if notes:
+        messages = add_system_note(messages, "\n".join(notes))
+    spec = ChatSpec(tools=tools, tool_choice_none=tools is None, prefix=prefix,
+                    parallel_tool_calls=req.parallel_tool_calls is not False, json_mode=json_mode,
+                    logprobs=req.logprobs)
+    stream, add_vision_id = req.stream, req.add_vision_id
+
+    def build() -> Job:
+        prepared = llm.prepare(messages, tools, add_vision_id)
+        ids = list(prepared.input_ids)
+        if prefix:
+            ids += llm.tokenizer.encode(prefix)
+        _check_length(llm, len(ids))
+        media, kinds = media_items(prepared)
+        return Job([EnginePrompt(ids, media, kinds)], params,
+                   lambda seq, i: ChatChoice(llm, seq, i, spec, stream), stream)
+
+    return build
+
+
+# ------------------------------------------------------------------------------------------------- completions
+def completion_job(llm: LLM, req: CompletionRequest, params: SamplingParams) -> Callable[[], Job]:
+    prompts = req.prompts()
+    stream = req.stream
+    vocab = llm.model.config.text_config.vocab_size
+    sp = llm.tokenizer.special
+    media_pads = {sp.image, sp.video}
+
+    def build() -> Job:
+        out = []
+        for k, p in enumerate(prompts):
+            where = "prompt" if len(prompts) == 1 else f"prompt[{k}]"
+            ids = llm.tokenizer.encode(p) if isinstance(p, str) else list(p)
+            if not ids:
+                raise bad_request(f"{where} is empty", "prompt")
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise bad_request(f"{where}: {bad} is not a token id (0..{vocab - 1})", "prompt")
+            if media_pads & set(ids):
+                raise bad_request(f"{where} contains image/video pad tokens; this endpoint takes text only "
+                                  "(send media to /v1/chat/completions)", "prompt")
+            _check_length(llm, len(ids))
+            out.append(EnginePrompt(ids))
+        return Job(out, params, lambda seq, i: TextChoice(llm, seq, i, stream), stream)
+
+    return build

@@ -1,0 +1,219 @@
+"""Request bodies of the OpenAI endpoints as pydantic models, checked strictly (a string is not a number, 1 is not
+`true`, NaN is not a float) so a wrong type is a 400 that names the field instead of a surprise deeper down.
+
+Unknown fields are ignored, as the OpenAI API ignores fields it does not use. Fields beyond OpenAI's (`top_k`,
+`min_p`, `repetition_penalty`, `min_tokens`, `stop_token_ids`, `ignore_eos`, the media budget `min_pixels`,
+`max_pixels`, `fps`, `max_frames`, and `add_vision_id`) are what the official client sends through `extra_body`:
+they arrive as top-level JSON fields. Message contents are left as plain JSON here: the processor's own
+validation names the message and part that is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qwen3vl.serve.errors import APIError, bad_request
+
+MAX_N = 128
+MAX_STOP = 16
+MAX_STOP_CHARS = 1024
+
+PosInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1 - MAX_N)]
+StopList = Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class FunctionDef(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class _Sampling(_Strict):
+    """Fields both endpoints share."""
+
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    max_tokens: PosInt | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: Annotated[str, Field(max_length=MAX_STOP_CHARS)] | StopList | None = None
+    seed: Seed | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    user: str | None = None
+    # extra_body (vLLM-style) sampling fields
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+
+    def sampling(self) -> dict[str, Any]:
+        """Keyword arguments for `LLM.sampling_params` (None: the server default)."""
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
+                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                "seed": self.seed, "stop": [s for s in stop if s] if stop else None,
+                "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos or None,
+                "min_tokens": self.min_tokens, "n": self.n}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[Any]
+    max_completion_tokens: PosInt | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logit_bias: dict[str, Any] | None = None
+    # extra_body media budget (applies to every image/video part that does not set its own)
+    min_pixels: PosInt | None = None
+    max_pixels: PosInt | None = None
+    fps: Annotated[float, Field(gt=0)] | None = None
+    max_frames: PosInt | None = None
+    add_vision_id: bool = False
+
+    def sampling(self) -> dict[str, Any]:
+        out = super().sampling()
+        if self.max_completion_tokens is not None:
+            out["max_tokens"] = self.max_completion_tokens
+        if self.logprobs:
+            out["logprobs"] = self.top_logprobs or 0
+        return out
+
+    def check(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+        if self.logit_bias:
+            raise bad_request("logit_bias is not supported by this server", "logit_bias")
+        names = [t.function.name for t in self.tools or []]
+        choice = self.tool_choice
+        if choice in ("required",) or isinstance(choice, NamedToolChoice):
+            if not names:
+                raise bad_request("tool_choice requires tools", "tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise bad_request(f"tool_choice names function {choice.function.name!r}, which is not among the "
+                              f"tools ({', '.join(names)})", "tool_choice")
+
+    def media_options(self) -> dict[str, Any]:
+        return {k: v for k in ("min_pixels", "max_pixels", "fps", "max_frames")
+                if (v := getattr(self, k)) is not None}
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(_Sampling):
+    prompt: Prompt
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+    logit_bias: dict[str, Any] | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        out = super().sampling()
+        out["logprobs"] = self.logprobs
+        return out
+
+    def check(self) -> None:
+        if self.echo:
+            raise bad_request("echo is not supported by this server", "echo")
+        if self.suffix:
+            raise bad_request("suffix is not supported by this server", "suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise bad_request("best_of is not supported by this server (leave it out or equal to n)", "best_of")
+        if self.logit_bias:
+            raise bad_request("logit_bias is not supported by this server", "logit_bias")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise bad_request("prompt must not be an empty list", "prompt")
+        if isinstance(self.prompt, list) and len(self.prompt) > MAX_N:
+            raise bad_request(f"at most {MAX_N} prompts per request, got {len(self.prompt)}", "prompt")
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [p]  # type: ignore[list-item]
+        return list(p)  # type: ignore[arg-type]
+
+
+def parse(model: type[_Strict], body: Any):
+    """Validate a decoded JSON body; the first problem becomes a 400 naming its field."""
+    if not isinstance(body, dict):
+        raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}")
+    try:
+        req = model.model_validate(body)
+    except ValidationError as e:
+        errors = e.errors()
+        err = errors[0]
+        if len({_field_path(x.get("loc", ())).split(".")[0].split("[")[0] for x in errors}) == 1:
+            err = max(errors, key=lambda x: len(x.get("loc", ())))  # union branches: the most specific one
+        param = _field_path(err.get("loc", ()))
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        more = f" (and {e.error_count() - 1} more problem(s))" if e.error_count() > 1 else ""
+        raise APIError(400, f"{param or 'body'}: {err['msg']}, got {shown}{more}", param or None) from None
+    check = getattr(req, "check", None)
+    if check is not None:
+        check()
+    return req
+
+
+def _field_path(loc: tuple) -> str:
+    # pydantic puts union branch tags ('str', 'list[str]', 'NamedToolChoice', ...) in the location: our field
+    # names are lowercase identifiers that are not type names, so keep only those
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.isidentifier() and part[0].islower() and part not in _TYPE_TAGS:
+            out += ("." if out else "") + part
+    return out
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}

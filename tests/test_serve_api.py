@@ -1,0 +1,268 @@
+"""`qwen3vl serve` through the official `openai` client: a real uvicorn server on a loopback port, a tiny random
+checkpoint, greedy decoding. What the server answers must equal what the Python API gives for the same request."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import openai
+import pytest
+
+from qwen3vl.llm import LLM
+from qwen3vl.model.testing import write_tiny_model
+from qwen3vl.serve.app import ServeSettings, create_app
+from qwen3vl.serve.metrics import parse_metrics
+from qwen3vl.serve.testing import ServerThread, data_uri, image_message, mp4_bytes, png_data_uri
+
+
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny"), sharpen=3.0)
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    (d / "clip.mp4").write_bytes(mp4_bytes())
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(folder, media_dir):
+    llm = LLM(folder, kv_cache_gb=0.05)
+    settings = ServeSettings(["tiny"], allowed_local_media_path=str(media_dir),
+                             sampling_defaults={"max_tokens": MAX_TOKENS})
+    with ServerThread(create_app(llm, settings)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    """A second LLM on the same checkpoint: the Python API's answers to compare against."""
+    return LLM(folder, kv_cache_gb=0.05)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(api_key="unused", base_url=server.url + "/v1", max_retries=0, timeout=60)
+
+
+def _stream_text(stream) -> tuple[dict[int, str], list]:
+    texts: dict[int, str] = {}
+    chunks = list(stream)
+    for ch in chunks:
+        for c in ch.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+    return texts, chunks
+
+
+def test_chat_with_an_image_equals_the_python_api(client, reference):
+    messages = image_message("What is in this picture?", png_data_uri(1))
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=MAX_TOKENS)
+    want = reference.chat(messages, temperature=0, max_tokens=MAX_TOKENS)
+    assert r.id.startswith("chatcmpl-") and r.object == "chat.completion" and r.model == "tiny"
+    (c,) = r.choices
+    assert c.message.role == "assistant" and c.index == 0
+    assert c.message.content == want.text
+    assert c.finish_reason == want.finish_reason
+    assert r.usage.prompt_tokens == want.usage.prompt_tokens > 64  # the image's tokens are in the prompt
+    assert r.usage.completion_tokens == want.usage.completion_tokens
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_stream_joins_to_the_non_streamed_text(client):
+    messages = image_message("Describe it.", png_data_uri(2))
+    full = client.chat.completions.create(model="tiny", messages=messages, temperature=0)
+    texts, chunks = _stream_text(client.chat.completions.create(
+        model="tiny", messages=messages, temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert texts[0] == full.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.finish_reason for ch in chunks for c in ch.choices if c.finish_reason] == [full.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert all(ch.usage is None for ch in chunks[:-1])
+    # without include_usage no usage chunk
+    _, chunks = _stream_text(client.chat.completions.create(model="tiny", messages=messages, temperature=0,
+                                                            stream=True))
+    assert all(ch.choices for ch in chunks)
+
+
+def test_n2_streamed_and_not(client):
+    messages = [{"role": "user", "content": "Say something."}]
+    kw = dict(model="tiny", messages=messages, n=2, temperature=1.0, seed=7, max_tokens=MAX_TOKENS)
+    r = client.chat.completions.create(**kw)
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.usage.completion_tokens == MAX_TOKENS * 2 or r.usage.completion_tokens <= MAX_TOKENS * 2
+    texts, _ = _stream_text(client.chat.completions.create(**kw, stream=True))
+    assert texts == {0: r.choices[0].message.content, 1: r.choices[1].message.content}
+    again = client.chat.completions.create(**kw)  # a seed makes sampling reproducible
+    assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
+
+
+def test_logprobs_shape(client, reference):
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], temperature=0,
+                                       logprobs=True, top_logprobs=3, max_tokens=6)
+    entries = r.choices[0].logprobs.content
+    want = reference.chat([{"role": "user", "content": "Hi"}], temperature=0, max_tokens=6)
+    shown = [t for t in want.token_ids if not reference.tokenizer.is_special(t)]  # as in the text
+    assert [e.token for e in entries] == [reference.tokenizer.token_bytes(t).decode(errors="replace") for t in shown]
+    for e in entries:
+        assert isinstance(e.token, str) and isinstance(e.logprob, float) and e.logprob <= 0
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0].logprob == pytest.approx(e.logprob)  # greedy
+    joined = b"".join(bytes(e.bytes) for e in entries).decode("utf-8", errors="replace")
+    assert joined == r.choices[0].message.content
+    # streamed: the same entries, spread over the chunks
+    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                                 temperature=0, logprobs=True, top_logprobs=3, max_tokens=6,
+                                                 stream=True))
+    streamed = [e for ch in chunks for c in ch.choices if c.logprobs for e in c.logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+
+
+def test_stop_strings_and_token_limits(client):
+    messages = [{"role": "user", "content": "Count."}]
+    base = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=MAX_TOKENS)
+    text = base.choices[0].message.content
+    assert len(text) >= 5
+    stop = text[3:5]
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, stop=[stop])
+    assert r.choices[0].message.content == text[:text.index(stop)] and r.choices[0].finish_reason == "stop"
+    texts, _ = _stream_text(client.chat.completions.create(model="tiny", messages=messages, temperature=0,
+                                                           stop=stop, stream=True))
+    assert texts[0] == r.choices[0].message.content
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_completion_tokens=3)
+    assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
+
+
+def test_sampling_fields_through_extra_body(client):
+    r = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], temperature=0.8, top_p=0.9, seed=3,
+        presence_penalty=0.5, frequency_penalty=0.5, max_tokens=4,
+        extra_body={"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.2, "min_tokens": 2})
+    assert r.usage.completion_tokens >= 2
+
+
+def test_several_media_video_and_media_options(client, media_dir):
+    video = data_uri(mp4_bytes(), "video/mp4")
+    messages = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": png_data_uri(3)}},
+        {"type": "text", "text": "and"},
+        {"type": "image_url", "image_url": {"url": png_data_uri(4, 96, 64)}},
+        {"type": "video_url", "video_url": {"url": video}},
+        {"type": "text", "text": "What changed?"}]}]
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=4)
+    one = client.chat.completions.create(model="tiny", messages=image_message("x", png_data_uri(3)), max_tokens=1)
+    assert r.usage.prompt_tokens > 2 * one.usage.prompt_tokens
+    # the media budget through extra_body: a smaller max_pixels means fewer image tokens
+    small = client.chat.completions.create(model="tiny", messages=image_message("x", png_data_uri(3)), max_tokens=1,
+                                           extra_body={"min_pixels": 32 * 32, "max_pixels": 64 * 64})
+    assert small.usage.prompt_tokens < one.usage.prompt_tokens
+    # a local file inside --allowed-local-media-path, as a path and as file://
+    for src in (str(media_dir / "clip.mp4"), (media_dir / "clip.mp4").as_uri()):
+        local = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": src}},
+                                              {"type": "text", "text": "?"}]}]
+        assert client.chat.completions.create(model="tiny", messages=local, max_tokens=1).usage.prompt_tokens > 20
+
+
+def test_local_files_outside_the_allowed_folder_are_refused(client, media_dir, tmp_path):
+    outside = tmp_path / "secret.mp4"
+    shutil.copy(media_dir / "clip.mp4", outside)
+    for src in (str(outside), outside.as_uri(), str(media_dir / ".." / outside.name), "ftp://example.com/a.png"):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="tiny", max_tokens=1, messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": src}}]}])
+        assert e.value.status_code == 400 and "message 0, content part 0 (image)" in e.value.message
+    link = media_dir / "link.mp4"
+    link.symlink_to(outside)  # a symlink inside the folder that points out of it
+    with pytest.raises(openai.BadRequestError, match="outside the allowed media folder"):
+        client.chat.completions.create(model="tiny", max_tokens=1, messages=[
+            {"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(link)}}]}])
+
+
+def test_completions_endpoint(client, reference):
+    r = client.completions.create(model="tiny", prompt="Once upon a time", temperature=0, max_tokens=8)
+    ids = reference.tokenizer.encode("Once upon a time")
+    assert r.object == "text_completion" and r.usage.prompt_tokens == len(ids)
+    by_ids = client.completions.create(model="tiny", prompt=ids, temperature=0, max_tokens=8)
+    assert by_ids.choices[0].text == r.choices[0].text
+    streamed = "".join(c.text for ch in client.completions.create(model="tiny", prompt="Once upon a time",
+                                                                  temperature=0, max_tokens=8, stream=True)
+                       for c in ch.choices)
+    assert streamed == r.choices[0].text
+    many = client.completions.create(model="tiny", prompt=["a", "b c"], n=2, temperature=0, max_tokens=3,
+                                     logprobs=2)
+    assert [c.index for c in many.choices] == [0, 1, 2, 3]
+    assert many.choices[0].text == many.choices[1].text  # greedy: both samples of a prompt agree
+    lp = many.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 3
+
+
+def test_models_health_and_metrics(client, server):
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/v1/models/tiny").json()["id"] == "tiny"
+    text = httpx.get(server.url + "/metrics").text
+    m = parse_metrics(text)
+    for name in ("qwen3vl_num_requests_waiting", "qwen3vl_num_requests_running", "qwen3vl_kv_cache_blocks_used",
+                 "qwen3vl_kv_cache_blocks_total", "qwen3vl_prefix_cache_hit_rate", "qwen3vl_vision_cache_hits_total",
+                 "qwen3vl_prompt_tokens_total", "qwen3vl_generation_tokens_total",
+                 "qwen3vl_time_to_first_token_seconds_count", "qwen3vl_inter_token_latency_seconds_count",
+                 "qwen3vl_e2e_request_latency_seconds_count"):
+        assert name in m, name
+    assert m['qwen3vl_requests_total{route="/v1/chat/completions",status="200"}'] > 0
+    assert m["qwen3vl_kv_cache_blocks_used"] == 0 and m["qwen3vl_num_requests_running"] == 0
+    assert m["qwen3vl_time_to_first_token_seconds_count"] > 0 and m["qwen3vl_generation_tokens_total"] > 0
+    assert '# TYPE qwen3vl_time_to_first_token_seconds histogram' in text
+
+
+def test_tool_definitions_reach_the_prompt(client, reference):
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    auto = client.chat.completions.create(model="tiny", messages=messages, tools=tools, max_tokens=1)
+    none = client.chat.completions.create(model="tiny", messages=messages, tools=tools, tool_choice="none",
+                                          max_tokens=1)
+    assert auto.usage.prompt_tokens == len(reference.prepare(messages, tools).input_ids)
+    assert none.usage.prompt_tokens == len(reference.prepare(messages).input_ids)
+
+
+def test_json_response_format_adds_an_instruction(client):
+    messages = [{"role": "user", "content": "Give me a JSON object."}]
+    plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
+                                       response_format={"type": "json_object"})
+    assert r.usage.prompt_tokens > plain.usage.prompt_tokens
+    # the random model's output is not JSON: the answer says so instead of pretending
+    assert "response_format_error" in r.choices[0].model_extra
+
+
+def test_cli_flags_become_settings():
+    import argparse
+
+    from qwen3vl.serve.cli import _is_loopback, add_serve_parser, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", "/m", "--api-key", "k", "--max-queue", "3", "--request-timeout",
+                              "9", "--allowed-local-media-path", "/data", "--allow-remote-media", "--max-tokens",
+                              "7", "--temperature", "0.5"])
+    s = settings_from_args(args)
+    assert (s.served_model_names, s.api_key, s.max_queue, s.request_timeout) == (["/m"], "k", 3, 9.0)
+    assert s.allowed_local_media_path == "/data" and s.allow_remote_media
+    assert s.sampling_defaults["max_tokens"] == 7 and s.sampling_defaults["temperature"] == 0.5
+    assert args.host == "127.0.0.1" and args.port == 8000
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and not _is_loopback("0.0.0.0")
+
+
+def test_raw_http_shape(server):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in resp.iter_lines() if ln]
+    assert all(ln.startswith("data: ") for ln in lines) and lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
