@@ -269,6 +269,8 @@ class _StreamState:
         tool = full.find(self.TOOL_OPEN)
         if tool >= 0:
             end = min(end, tool)
+        while end > self.emitted and full[end - 1].isspace():
+            end -= 1  # trailing whitespace waits: the parsed answer strips it before a tool call or at the end
         piece = full[self.emitted:end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
         reasoning, text = self.splitter.feed(piece)
