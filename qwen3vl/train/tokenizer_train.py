@@ -18,40 +18,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from qwen3vl.processing.tokenizer import QWEN_ADDED_TOKENS
 from qwen3vl.train.synthetic import OCR_WORDS, TASKS, SyntheticConfig, iter_examples
 from qwen3vl.train.synthetic_scenes import COLORS, PLURALS, SHAPES
 
 log = logging.getLogger(__name__)
 
-# (content, special) in Qwen id order, starting at 151643 (spec §1.2).
-QWEN_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
-    ("<|endoftext|>", True),
-    ("<|im_start|>", True),
-    ("<|im_end|>", True),
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),
-    ("<tool_call>", False),
-    ("</tool_call>", False),
-    ("<|fim_prefix|>", False),
-    ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False),
-    ("<|repo_name|>", False),
-    ("<|file_sep|>", False),
-    ("<tool_response>", False),
-    ("</tool_response>", False),
-    ("<think>", False),
-    ("</think>", False),
-)
 # Qwen lists the chat and vision markers (not <|endoftext|>) as additional special tokens.
 ADDITIONAL_SPECIAL_TOKENS = tuple(t for t, special in QWEN_ADDED_TOKENS[1:14] if special)
 
