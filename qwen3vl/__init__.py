@@ -6,7 +6,7 @@ the agent) only load what they need when used.
 
 from __future__ import annotations
 
-import importlib
+from qwen3vl._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -25,14 +25,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'qwen3vl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -9,7 +9,7 @@ pypdfium2 load only in the function that needs them.
 
 from __future__ import annotations
 
-import importlib
+from qwen3vl._lazy import lazy_exports
 
 _EXPORTS = {
     # grounding
@@ -41,14 +41,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'qwen3vl.tasks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -9,7 +9,7 @@ Exports are lazy: Playwright is imported only when a browser starts.
 
 from __future__ import annotations
 
-import importlib
+from qwen3vl._lazy import lazy_exports
 
 _EXPORTS = {
     "computer_use_tool": "qwen3vl.tasks.agent.tools",
@@ -29,14 +29,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'qwen3vl.tasks.agent' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
