@@ -144,3 +144,18 @@ def test_seeded_sampling_is_reproducible_and_n_gives_distinct_samples(model):
     first, second = run(), run()
     assert first == second
     assert len({tuple(o) for o in first}) > 1
+
+
+def test_decode_attention_equals_sdpa():
+    import torch.nn.functional as F
+
+    from qwen3vl.engine.runner import decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 8, 16, generator=g), torch.randn(3, 2, 11, 16, generator=g), torch.randn(3, 2, 11, 16, generator=g)
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[1, 7:] = False
+    ref = F.scaled_dot_product_attention(q[:, :, None], k.repeat_interleave(4, 1), v.repeat_interleave(4, 1),
+                                         attn_mask=mask[:, None, None, :], scale=0.25)[:, :, 0]
+    assert torch.allclose(decode_attention(q, k, v, mask, 0.25), ref, atol=1e-6)
+    assert torch.allclose(decode_attention(q[:1], k[:1], v[:1], None, 0.25), ref[:1], atol=1e-6)

@@ -43,7 +43,7 @@ class PagedAttention:
         self.seqs = seqs
         self.decodes = [s for s in seqs if s.n == 1]
         self.others = [s for s in seqs if s.n != 1]
-        if len(self.decodes) > 1:
+        if self.decodes:
             # one batched call for all single-token chunks: gather into (B, maxctx) with a padding mask
             maxctx = max(s.ctx for s in self.decodes)
             slots = torch.zeros(len(self.decodes), maxctx, dtype=torch.long)
@@ -53,7 +53,7 @@ class PagedAttention:
                 mask[i, :s.ctx] = True
             device = cache.device
             self._dec_slots = slots.to(device)
-            self._dec_mask = mask.to(device)[:, None, None, :]
+            self._dec_mask = None if bool(mask.all()) else mask.to(device)
             self._dec_q = torch.tensor([s.q_start for s in self.decodes], device=device)
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -62,23 +62,16 @@ class PagedAttention:
         vc.index_copy_(0, self.new_slots, v[0].to(vc.dtype))
         out = torch.empty_like(q)
         gqa = q.shape[2] != k.shape[2]
-        if len(self.decodes) > 1:
-            qd = q[0, self._dec_q][:, :, None, :]  # (B, H, 1, Dh)
+        if self.decodes:
             flat = self._dec_slots.view(-1)
             kd = kc.index_select(0, flat).view(*self._dec_slots.shape, *kc.shape[1:]).transpose(1, 2)  # (B, K, ctx, Dh)
             vd = vc.index_select(0, flat).view(*self._dec_slots.shape, *vc.shape[1:]).transpose(1, 2)
-            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=self._dec_mask, scale=scale, enable_gqa=gqa)
-            out[0, self._dec_q] = o[:, :, 0, :]
-            singles = self.others
-        else:
-            singles = self.seqs
-        for s in singles:
+            out[0, self._dec_q] = decode_attention(q[0, self._dec_q], kd, vd, self._dec_mask, scale)
+        for s in self.others:
             qs = q[0, s.q_start:s.q_start + s.n].transpose(0, 1)[None]  # (1, H, n, Dh)
             ks = kc.index_select(0, s.slots).transpose(0, 1)[None]  # (1, K, ctx, Dh)
             vs = vc.index_select(0, s.slots).transpose(0, 1)[None]
-            if s.n == 1:
-                o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=gqa)
-            elif s.n == s.ctx:
+            if s.n == s.ctx:
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa)
             else:
                 qpos = torch.arange(s.ctx - s.n, s.ctx, device=q.device)
@@ -86,6 +79,24 @@ class PagedAttention:
                 o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=gqa)
             out[0, s.q_start:s.q_start + s.n] = o[0].transpose(0, 1)
         return out
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float) -> torch.Tensor:
+    """One query token per sequence: q (B, H, Dh), k/v (B, K, ctx, Dh), mask (B, ctx) or None -> (B, H, Dh).
+
+    Written out (scores and softmax in float32) instead of SDPA: on CPU, SDPA with a single query (and worse, with a
+    mask or GQA) runs 10-30x slower than these two small matmuls, which made attention cost as much as reading the
+    weights at a few thousand tokens of context.
+    """
+    b, h, d = q.shape
+    kv = k.shape[1]
+    qg = q.view(b, kv, h // kv, d).float()  # (B, K, G, Dh): the G query heads sharing one kv head
+    scores = torch.matmul(qg, k.float().transpose(-1, -2)) * scale  # (B, K, G, ctx)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    out = torch.matmul(scores.softmax(-1), v.float())  # (B, K, G, Dh)
+    return out.view(b, h, d).to(q.dtype)
 
 
 class KVCache:
