@@ -50,6 +50,7 @@ class PagedAttention:
             mask = torch.zeros(len(self.decodes), maxctx, dtype=torch.bool)
             for i, s in enumerate(self.decodes):
                 slots[i, :s.ctx] = s.slots
+                slots[i, s.ctx:] = s.slots[0]  # padding reads a slot this sequence wrote (masked out anyway)
                 mask[i, :s.ctx] = True
             device = cache.device
             self._dec_slots = slots.to(device)
@@ -85,18 +86,19 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                      scale: float) -> torch.Tensor:
     """One query token per sequence: q (B, H, Dh), k/v (B, K, ctx, Dh), mask (B, ctx) or None -> (B, H, Dh).
 
-    Written out (scores and softmax in float32) instead of SDPA: on CPU, SDPA with a single query (and worse, with a
-    mask or GQA) runs 10-30x slower than these two small matmuls, which made attention cost as much as reading the
-    weights at a few thousand tokens of context.
+    Written out instead of SDPA: on CPU, SDPA with a single query (and worse, with a mask or GQA) runs 10-30x slower
+    than these two small matmuls, which made attention cost as much as reading the weights at a few thousand tokens
+    of context. Precision follows the reference's eager attention: scores in the model dtype, softmax in float32,
+    probabilities cast back before the product with v (so fp32 models stay fp32 throughout).
     """
     b, h, d = q.shape
     kv = k.shape[1]
-    qg = q.view(b, kv, h // kv, d).float()  # (B, K, G, Dh): the G query heads sharing one kv head
-    scores = torch.matmul(qg, k.float().transpose(-1, -2)) * scale  # (B, K, G, ctx)
+    qg = q.view(b, kv, h // kv, d)  # (B, K, G, Dh): the G query heads sharing one kv head
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (B, K, G, ctx)
     if mask is not None:
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-    out = torch.matmul(scores.softmax(-1), v.float())  # (B, K, G, Dh)
-    return out.view(b, h, d).to(q.dtype)
+    out = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # (B, K, G, Dh)
+    return out.reshape(b, h, d)
 
 
 class KVCache:
@@ -105,8 +107,10 @@ class KVCache:
         slots = num_blocks * block_size
         self.block_size = block_size
         self.device = device
-        self.k = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        # torch.empty: pages are only touched (and counted in RSS) as blocks get used. Nothing unwritten is ever read:
+        # attention gathers only slots its sequence wrote (padding repeats one of them and is masked).
+        self.k = [torch.empty(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.empty(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
