@@ -1,0 +1,189 @@
+"""The demo model in one command: a tiny Qwen3-VL (same architecture: DeepStack on two levels, interleaved MRoPE)
+trained from scratch on CPU on the synthetic tasks (docs/DEMO_DATA.md).
+
+`build_demo(DemoConfig(out=...))`:
+  1. trains the byte-level BPE tokenizer (`tokenizer_train.train_tokenizer`);
+  2. builds the config (vocab = the tokenizer's size, vision token ids from it) and writes random initial weights
+     with every side file a checkpoint folder needs (tokenizer, preprocessor configs for 256x256 images and 96x96
+     frames, greedy generation_config.json, the Instruct chat template);
+  3. runs `train_sft` on the endless synthetic stream of `seed` (generated on the fly, so no example repeats; each
+     scene also asked `extra_turns` more questions, see `demo_data.py`), with the held-out loss (single questions, as
+     scored) on a fixed set from `eval_seed`;
+  4. exports the model to `out`.
+`evaluate_demo(folder, seed, n)` scores it with `scoring.evaluate` through `qwen3vl.LLM(folder).chat(...,
+temperature=0)`. Use a test seed that training and tuning never saw.
+
+Work files (tokenizer, initial weights, checkpoints, metrics.jsonl) go to `work_dir`; a stopped run continues from
+its last checkpoint with `resume=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Harder tasks drawn more often (a task listed twice is drawn twice as often; see synthetic.iter_examples).
+DEMO_TASKS: tuple[str, ...] = ("color_shape", "count", "count", "grounding", "grounding", "grounding", "ocr", "ocr",
+                               "ocr", "video_time", "video_time")
+
+
+@dataclass
+class DemoConfig:
+    out: str = "qwen3vl/assets/demo"
+    work_dir: str | None = None  # default: <out>.work next to `out`
+    seed: int = 0  # training stream
+    eval_seed: int = 1  # held-out loss during training
+    tasks: tuple[str, ...] = DEMO_TASKS
+    second_event_p: float = 1.0  # every clip has a second change, so video_time needs the label (DEMO_DATA.md)
+    extra_turns: int = 4  # further questions about each scene (demo_data.MultiTurnSource); 0: one question
+    steps: int = 1700  # ~35 min at ~1.2 s/step on 2 shared CPU cores (OMP_WAIT_POLICY=PASSIVE, see TRAINING.md)
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    bf16: bool = True
+    num_workers: int = 1
+    eval_every: int = 300
+    eval_examples: int = 110
+    save_every: int = 300
+    resume: bool = False
+    # model size
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_hidden_size: int = 128
+    vision_intermediate_size: int = 512
+    vision_depth: int = 4
+    vision_heads: int = 2
+    deepstack: tuple[int, ...] = (1, 2)
+    rope_theta: float = 10000.0
+    init_seed: int = 0
+    export_dtype: str = "float32"
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir) if self.work_dir else Path(str(Path(self.out)) + ".work")
+
+
+def demo_model_config(d: DemoConfig, tokenizer_dir: str | Path):
+    """Qwen3-VL config of the demo size; vocab and vision token ids from the tokenizer."""
+    from qwen3vl.config import Qwen3VLConfig, RopeConfig, TextConfig, VisionConfig
+    from qwen3vl.train.testing import config_for_tokenizer
+
+    head_dim = d.hidden_size // d.num_heads
+    half = head_dim // 2  # the official split is [24, 20, 20] of 64; keep its proportions
+    hw = round(half * 20 / 64)
+    text = TextConfig(vocab_size=1, hidden_size=d.hidden_size, intermediate_size=d.intermediate_size,
+                      num_hidden_layers=d.num_layers, num_attention_heads=d.num_heads,
+                      num_key_value_heads=d.num_kv_heads, head_dim=head_dim, max_position_embeddings=4096,
+                      rope=RopeConfig(rope_theta=d.rope_theta, mrope_section=[half - 2 * hw, hw, hw]))
+    vision = VisionConfig(depth=d.vision_depth, hidden_size=d.vision_hidden_size,
+                          intermediate_size=d.vision_intermediate_size, num_heads=d.vision_heads,
+                          out_hidden_size=d.hidden_size, num_position_embeddings=256,  # 16 x 16 patches = 256 px
+                          deepstack_visual_indexes=list(d.deepstack))
+    base = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, image_token_id=0,
+                         video_token_id=0, vision_start_token_id=0, vision_end_token_id=0)
+    return config_for_tokenizer(tokenizer_dir, base)
+
+
+def write_side_files(folder: str | Path, tokenizer_dir: str | Path) -> None:
+    """Tokenizer, preprocessor configs sized for the synthetic media, greedy generation config, chat template."""
+    import shutil
+
+    from qwen3vl.processing.chat_template import builtin_template
+    from tokenizers import Tokenizer
+
+    folder, tokenizer_dir = Path(folder), Path(tokenizer_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tokenizer_dir / name, folder / name)
+    tk = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    common = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3,
+              "image_std": [0.5] * 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+              "do_convert_rgb": True, "resample": 3, "processor_class": "Qwen3VLProcessor"}
+    side = 256 * 256  # every training image is 256 x 256: resize any image to about that area
+    image = {**common, "size": {"shortest_edge": side, "longest_edge": side},
+             "image_processor_type": "Qwen2VLImageProcessorFast"}
+    frames = 96 * 96  # training clips: 96 x 96 frames, 16-32 of them
+    video = {**common, "size": {"shortest_edge": frames * 4, "longest_edge": frames * 32}, "fps": 2,
+             "min_frames": 4, "max_frames": 32, "do_sample_frames": True,
+             "video_processor_type": "Qwen3VLVideoProcessor"}
+    eos, pad = tk.token_to_id("<|im_end|>"), tk.token_to_id("<|endoftext|>")
+    gen = {"bos_token_id": pad, "eos_token_id": [eos, pad], "pad_token_id": pad, "do_sample": False}
+    files = {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
+             "generation_config.json": gen, "chat_template.json": {"chat_template": builtin_template("instruct")}}
+    for name, obj in files.items():
+        (folder / name).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def build_demo(d: DemoConfig) -> dict:
+    """Tokenizer -> initial checkpoint -> training -> `d.out`. Returns a summary (sizes, losses, times)."""
+    import torch
+
+    from qwen3vl.model.testing import random_model
+    from qwen3vl.train.data import ListSource, SyntheticSource
+    from qwen3vl.train.demo_data import MultiTurnSource
+    from qwen3vl.train.export import export_model
+    from qwen3vl.train.sft import SFTConfig, train_sft
+    from qwen3vl.train.synthetic import TASKS, SyntheticConfig, make_dataset
+    from qwen3vl.train.tokenizer_train import train_tokenizer
+    from qwen3vl.weights.export import save_checkpoint
+
+    work = d.work
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "demo_config.json").write_text(json.dumps(asdict(d), indent=2) + "\n")
+    t0 = time.perf_counter()
+    tok_dir = work / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        train_tokenizer(tok_dir)
+    cfg = demo_model_config(d, tok_dir)
+    init = work / "init"
+    if not (init / "model.safetensors").is_file():
+        model = random_model(cfg, seed=d.init_seed)
+        save_checkpoint(model, init)
+        write_side_files(init, tok_dir)
+
+    synth = SyntheticConfig(second_event_p=d.second_event_p)
+    eval_set = ListSource([ex.messages for ex in make_dataset(d.eval_seed, d.eval_examples, TASKS, synth)])
+    sft = SFTConfig(model=str(init), out_dir=str(work / "run"), batch_size=d.batch_size, max_steps=d.steps, lr=d.lr,
+                    min_lr_ratio=d.min_lr_ratio, warmup_steps=d.warmup_steps, weight_decay=d.weight_decay,
+                    bf16=d.bf16, num_workers=d.num_workers, seed=d.seed, eval_every=d.eval_every,
+                    save_every=d.save_every, resume="auto" if d.resume else None, export=False)
+    t1 = time.perf_counter()
+    source = (MultiTurnSource(d.seed, d.tasks, synth, d.extra_turns) if d.extra_turns
+              else SyntheticSource(d.seed, d.tasks, synth))
+    result = train_sft(sft, source=source, eval_source=eval_set)
+    t2 = time.perf_counter()
+    n_params = sum(p.numel() for p in result.model.parameters())
+    out = export_model(result.model, d.out, init, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[
+        d.export_dtype])
+    size = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
+    summary = {"parameters": n_params, "weights_bytes": size, "train_seconds": t2 - t1,
+               "total_seconds": time.perf_counter() - t0, "steps": result.step,
+               "final_loss": result.losses.get(result.step), "eval_losses": result.eval_losses, "out": str(out)}
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def evaluate_demo(folder: str | Path, seed: int, n: int = 200, records: list | None = None,
+                  second_event_p: float = 1.0, progress: bool = True) -> dict[str, float]:
+    """Per-task accuracy of the model in `folder` on n fresh synthetic examples of `seed` (greedy decoding)."""
+    from qwen3vl.llm import LLM
+    from qwen3vl.train.scoring import evaluate
+    from qwen3vl.train.synthetic import SyntheticConfig
+
+    llm = LLM(str(folder), dtype="float32", device="cpu")
+
+    def generate(messages: list[dict]) -> str:
+        return llm.chat(messages, max_tokens=64, temperature=0).text
+
+    return evaluate(generate, seed, n, config=SyntheticConfig(second_event_p=second_event_p), records=records,
+                    progress=progress)

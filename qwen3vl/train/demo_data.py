@@ -1,0 +1,83 @@
+"""Denser supervision for the from-scratch demo model: one synthetic scene, several questions.
+
+A synthetic example's answer is one to a few tokens, while its image costs 256 patches in the ViT. Training on one
+question per image therefore spends most of its compute on vision passes that each teach one token. `MultiTurnSource`
+keeps each example's own question as the first turn, in exactly the format the scorer asks, and adds up to
+`extra_turns` further user/assistant turns about the same scene (the image is shown once), none with the first turn's
+answer (which would only repeat it). Their answers are read off the example's truth:
+
+* still images: the colour of each shape that occurs once, the shape of each colour that occurs once, counts by shape
+  and by colour (of kinds present), and grounding of each colour+shape label that occurs once;
+* videos: when each *other* changing object appears or disappears (the skill the task tests: bind the label to its
+  change).
+
+Questions use the generator's own phrasings (`synthetic.QUESTIONS`) and answer formats (`format_grounding`,
+`format_seconds`). Example i depends only on (seed, i), so the stream stays resumable. The extra turns come from
+their own generator, so the first turn is exactly `synthetic.iter_examples(seed, tasks)`'s example i.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from qwen3vl.train.data import Conversation
+from qwen3vl.train.synthetic import (QUESTIONS, TASKS, SyntheticConfig, example_rng, format_grounding, format_seconds,
+                                     make_example)
+from qwen3vl.train.synthetic_scenes import PLURALS, to_relative
+
+
+def scene_questions(task: str, truth: dict, image_size: int,
+                    rng: np.random.Generator | None = None) -> list[tuple[str, str]]:
+    """Every (question, answer) the truth settles, in a fixed order; `rng` picks among the phrasings."""
+
+    def ask(key: str, **fields: str) -> str:
+        options = QUESTIONS[key]
+        return options[int(rng.integers(len(options))) if rng is not None else 0].format(**fields)
+
+    if task == "video_time":
+        return [(ask(e["event"], label=e["label"]), format_seconds(e["time"])) for e in truth.get("other_events", [])]
+    objects = truth.get("objects", [])
+    shapes = Counter(o["shape"] for o in objects)
+    colors = Counter(o["color"] for o in objects)
+    labels = Counter((o["color"], o["shape"]) for o in objects)
+    out: list[tuple[str, str]] = []
+    for o in objects:
+        if shapes[o["shape"]] == 1:
+            out.append((ask("color", shape=o["shape"]), o["color"]))
+        if colors[o["color"]] == 1:
+            out.append((ask("shape", color=o["color"]), o["shape"]))
+        if labels[(o["color"], o["shape"])] == 1:
+            label = f"{o['color']} {o['shape']}"
+            box = to_relative(tuple(o["box_px"]), image_size, image_size)
+            out.append((ask("grounding", label=label), format_grounding([(box, label)])))
+    for shape, n in sorted(shapes.items()):
+        out.append((ask("count_shape", plural=PLURALS[shape]), str(n)))
+    for color, n in sorted(colors.items()):
+        out.append((ask("count_color", color=color), str(n)))
+    return out
+
+
+class MultiTurnSource:
+    """Endless source: synthetic example i of `seed`, plus up to `extra_turns` questions about the same scene."""
+
+    num_examples = None
+
+    def __init__(self, seed: int, tasks: Sequence[str] = TASKS, config: SyntheticConfig | None = None,
+                 extra_turns: int = 4):
+        self.seed, self.tasks, self.extra_turns = seed, tuple(tasks), extra_turns
+        self.config = config or SyntheticConfig()
+
+    def __getitem__(self, index: int) -> Conversation:
+        task = self.tasks[index % len(self.tasks)]
+        ex = make_example(task, example_rng(self.seed, index), self.config)
+        rng = np.random.default_rng([self.seed, index, 1])
+        # drop the example's own question in other phrasings (and the rare other question with the same answer)
+        pool = [qa for qa in scene_questions(task, ex.truth, self.config.image_size, rng) if qa[1] != ex.answer]
+        picked = [pool[int(i)] for i in rng.permutation(len(pool))[:self.extra_turns]]
+        messages = list(ex.messages)
+        for question, answer in picked:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return Conversation(messages)

@@ -1,0 +1,158 @@
+"""LoRA, applied to a built model from outside: `apply_lora(model, LoRAConfig(...))` swaps matching `nn.Linear`
+modules for `LoRALinear`, which *is* an `nn.Linear` holding the very same `weight`/`bias` Parameters plus `lora_A`
+(r, in) and `lora_B` (out, r). Parameter names therefore stay the checkpoint's (`...q_proj.weight`), the adapter adds
+`...q_proj.lora_A` / `...q_proj.lora_B`, and `merge_lora` folds `W += (alpha / r) * B @ A` back into the weight and
+restores plain `nn.Linear`s, so the merged model exports in the official layout.
+
+Why not peft: it is a heavy dependency built around transformers' model classes; our model is not one, and all we
+need is ~100 lines: wrap linears by name pattern, train A and B, merge.
+
+Legend: N rows of input, I in_features, O out_features, r rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The decoder's attention and MLP projections. Vision blocks use `qkv`, `proj`, `linear_fc1`, `linear_fc2`.
+LANGUAGE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VISION_TARGETS = ("qkv", "proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass
+class LoRAConfig:
+    """`targets`: a module matches when its last name component equals a target, or its full name fullmatches the
+    target as a regular expression. `prefixes` (optional) restrict matching to modules under these names."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = LANGUAGE_TARGETS
+    prefixes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.rank <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        self.targets = tuple(self.targets)
+        self.prefixes = tuple(self.prefixes)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+class LoRALinear(nn.Linear):
+    """y = x W^T + b + (alpha/r) * dropout(x) A^T B^T. Shares `weight`/`bias` with the linear it replaces."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        nn.Module.__init__(self)  # skip nn.Linear.__init__: the weight and bias are the base's own Parameters
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=w.dtype, device=w.device))  # (r, I)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=w.dtype, device=w.device))  # (O, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft: B = 0, so the wrapped model starts unchanged
+        self.scaling = alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling  # (O, I)
+        return (self.weight.float() + delta).to(self.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.lora_A.shape[0]}, scaling={self.scaling:g}"
+
+
+def _matches(name: str, cfg: LoRAConfig) -> bool:
+    if cfg.prefixes and not any(name == p or name.startswith(p + ".") for p in cfg.prefixes):
+        return False
+    leaf = name.rsplit(".", 1)[-1]
+    return any(leaf == t or re.fullmatch(t, name) for t in cfg.targets)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+    """Wrap every matching `nn.Linear` (in place); only `lora_A`/`lora_B` require grad afterwards.
+
+    Returns the wrapped module names. Raises if nothing matches, since that is always a typo in `targets`.
+    """
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear and _matches(n, cfg)]
+    if not names:
+        raise ValueError(
+            f"LoRA targets {list(cfg.targets)} (prefixes {list(cfg.prefixes)}) match no nn.Linear module of the model")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in names:
+        _set_module(model, n, LoRALinear(model.get_submodule(n), cfg.rank, cfg.alpha, cfg.dropout))
+    return names
+
+
+def lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and put plain `nn.Linear`s back (in place); returns `model`."""
+    for name, m in lora_modules(model):
+        linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        linear.weight = nn.Parameter(m.merged_weight(), requires_grad=m.weight.requires_grad)
+        linear.bias = m.bias
+        _set_module(model, name, linear)
+    return model
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
+
+
+def save_adapter(model: nn.Module, folder: str | Path, cfg: LoRAConfig) -> Path:
+    """`adapter.safetensors` + `adapter_config.json` (our own small format, not peft's)."""
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(lora_state_dict(model), out / "adapter.safetensors")
+    (out / "adapter_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return out
+
+
+def load_adapter(model: nn.Module, folder: str | Path) -> LoRAConfig:
+    """Wrap `model` as the saved adapter describes and load its A/B weights (in place)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = LoRAConfig(**json.loads((folder / "adapter_config.json").read_text()))
+    apply_lora(model, cfg)
+    state = load_file(folder / "adapter.safetensors")
+    params = dict(model.named_parameters())
+    missing = sorted(set(n for n in params if n.endswith((".lora_A", ".lora_B"))) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"adapter in {folder} does not fit the model: missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+    return cfg
+

@@ -1,0 +1,74 @@
+"""The demo pipeline: multi-turn scene questions agree with the truth; one tiny end-to-end build loads and scores."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from qwen3vl.train.demo import DemoConfig, build_demo, evaluate_demo
+from qwen3vl.train.demo_data import MultiTurnSource
+from qwen3vl.train.scoring import box_iou, parse_grounding_builtin
+from qwen3vl.train.synthetic import TASKS, SyntheticConfig, iter_examples
+from qwen3vl.train.testing import tiny_synthetic_config
+
+
+def _check_turn(question: str, answer: str, truth: dict, side: int) -> None:
+    objects = truth.get("objects", [])
+    if question.startswith(("When does", "At what time")):
+        event = next(e for e in truth["other_events"] if e["label"] in question)
+        assert answer == f"At {event['time']:.1f} seconds." and event["event"] in question
+    elif question.startswith("Locate"):
+        (box,) = parse_grounding_builtin(answer, side, side)
+        label = json.loads(answer.split("\n")[2].strip().rstrip(","))["label"]
+        (match,) = [o for o in objects if f"{o['color']} {o['shape']}" == label]
+        assert label in question and box_iou(box["bbox"], match["box_px"]) > 0.95
+    elif question.startswith(("How many", "Count")):
+        by_shape = Counter(o["shape"] + "s" for o in objects)
+        by_color = Counter(o["color"] for o in objects)
+        word = question.split()[-1].rstrip(".?") if question.startswith("Count") else question.split()[2]
+        assert int(answer) == (by_shape[word] if word in by_shape else by_color[word]) > 0
+    elif "color is the" in question:
+        shape = question.rstrip("?").split()[-1]
+        (match,) = [o for o in objects if o["shape"] == shape]
+        assert answer == match["color"]
+    else:  # What shape is the {color} object? / Which shape is {color}?
+        color = next(o["color"] for o in objects if o["color"] in question.rstrip("?").split())
+        (match,) = [o for o in objects if o["color"] == color]
+        assert answer == match["shape"]
+
+
+def test_multi_turn_scene_questions_agree_with_the_truth():
+    cfg = tiny_synthetic_config()
+    src = MultiTurnSource(seed=4, tasks=TASKS, config=cfg, extra_turns=6)
+    examples = iter_examples(4, TASKS, cfg)
+    extra = 0
+    for i in range(40):
+        ex, conv = next(examples), src[i]
+        assert conv.messages[:2] == ex.messages  # the first turn is the scored task, unchanged
+        turns = conv.messages[2:]
+        assert len(turns) % 2 == 0 and len(turns) <= 12
+        for user, assistant in zip(turns[::2], turns[1::2]):
+            assert assistant["content"] != ex.answer
+            side = cfg.video_size if ex.task == "video_time" else cfg.image_size
+            _check_turn(user["content"], assistant["content"], ex.truth, side)
+            extra += 1
+    assert extra > 60
+
+
+def test_tiny_demo_builds_loads_and_scores(tmp_path):
+    d = DemoConfig(out=str(tmp_path / "demo"), steps=2, batch_size=2, warmup_steps=1, eval_every=1, eval_examples=5,
+                   save_every=0, num_workers=0, extra_turns=1, hidden_size=32, intermediate_size=64, num_layers=2,
+                   num_heads=2, num_kv_heads=1, vision_hidden_size=32, vision_intermediate_size=64, vision_depth=2,
+                   vision_heads=1, deepstack=(0, 1))
+    summary = build_demo(d)
+    assert summary["steps"] == 2 and set(summary["eval_losses"]) == {1, 2}
+    out = tmp_path / "demo"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "preprocessor_config.json", "video_preprocessor_config.json", "generation_config.json",
+                 "chat_template.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["vocab_size"] == 683 and config["vision_config"]["deepstack_visual_indexes"] == [0, 1]
+    assert json.loads((out / "generation_config.json").read_text())["do_sample"] is False
+    scores = evaluate_demo(out, seed=5, n=5, second_event_p=SyntheticConfig().second_event_p, progress=False)
+    assert set(scores) == set(TASKS) and all(0.0 <= v <= 1.0 for v in scores.values())
