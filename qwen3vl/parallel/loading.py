@@ -20,7 +20,7 @@ from qwen3vl.config import load_config
 from qwen3vl.parallel.plan import Shard
 from qwen3vl.parallel.tensor_parallel import ShardPlan, parallelize
 from qwen3vl.weights.layout import expert_kind, to_model_layout
-from qwen3vl.weights.loader import CheckpointError, build_empty, parse_dtype, tensor_index
+from qwen3vl.weights.loader import CheckpointError, build_empty, finish_load, parse_dtype, tensor_index
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,4 @@ def load_shard(model, folder: Path, plan: ShardPlan, dtype: torch.dtype, device:
             bar.update(1)
     if bar is not None:
         bar.close()
-    if tied:
-        model.lm_head.weight = model.model.language_model.embed_tokens.weight
-    left = [n for n, p in model.named_parameters() if p.is_meta]
-    if left:  # pragma: no cover - guarded by the missing check above
-        raise CheckpointError(f"checkpoint {folder} left tensor {left[0]} unset")
+    finish_load(model, folder)

@@ -132,7 +132,12 @@ def load_weights(model, folder: Path, dtype: torch.dtype, device: torch.device, 
                     bar.update(1)
     if bar is not None:
         bar.close()
-    if tied:
+    finish_load(model, folder)
+
+
+def finish_load(model, folder: Path) -> None:
+    """Tie the LM head if the config says so, and check that no parameter was left on the meta device."""
+    if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.language_model.embed_tokens.weight
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:  # pragma: no cover - guarded by the missing check above
