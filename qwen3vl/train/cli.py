@@ -129,6 +129,7 @@ def _add_sft(sub: Any) -> None:
     p.add_argument("--resume", help="a checkpoint folder, or 'auto' for the latest in --out")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
     p.add_argument("--export-dtype", dest="export_dtype", choices=("float32", "bfloat16"))
+    p.add_argument("--device", help="cpu (default) or cuda")
     p.set_defaults(func=_run_sft)
 
 
@@ -163,6 +164,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--workers", dest="num_workers", type=int, choices=(0, 1))
     p.add_argument("--resume", action="store_true", default=None)
     p.add_argument("--export-dtype", dest="export_dtype", choices=("float32", "bfloat16"))
+    p.add_argument("--device", help="cpu (default) or cuda")
     p.set_defaults(func=_run_demo)
 
 

@@ -41,7 +41,7 @@ class DemoConfig:
     tasks: tuple[str, ...] = DEMO_TASKS
     second_event_p: float = 1.0  # every clip has a second change, so video_time needs the label (DEMO_DATA.md)
     extra_turns: int = 4  # further questions about each scene (demo_data.MultiTurnSource); 0: one question
-    steps: int = 1700  # ~35 min at ~1.2 s/step on 2 shared CPU cores (OMP_WAIT_POLICY=PASSIVE, see TRAINING.md)
+    steps: int = 3600  # ~30 min on 2 idle CPU cores (0.5 s/step), about twice that when the cores are shared
     batch_size: int = 16
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
@@ -67,6 +67,7 @@ class DemoConfig:
     rope_theta: float = 10000.0
     init_seed: int = 0
     export_dtype: str = "float32"
+    device: str = "cpu"
 
     @property
     def work(self) -> Path:
@@ -156,14 +157,14 @@ def build_demo(d: DemoConfig) -> dict:
     sft = SFTConfig(model=str(init), out_dir=str(work / "run"), batch_size=d.batch_size, max_steps=d.steps, lr=d.lr,
                     min_lr_ratio=d.min_lr_ratio, warmup_steps=d.warmup_steps, weight_decay=d.weight_decay,
                     bf16=d.bf16, num_workers=d.num_workers, seed=d.seed, eval_every=d.eval_every,
-                    save_every=d.save_every, resume="auto" if d.resume else None, export=False)
+                    save_every=d.save_every, resume="auto" if d.resume else None, export=False, device=d.device)
     t1 = time.perf_counter()
     source = (MultiTurnSource(d.seed, d.tasks, synth, d.extra_turns) if d.extra_turns
               else SyntheticSource(d.seed, d.tasks, synth))
     result = train_sft(sft, source=source, eval_source=eval_set)
     t2 = time.perf_counter()
     n_params = sum(p.numel() for p in result.model.parameters())
-    out = export_model(result.model, d.out, init, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[
+    out = export_model(result.model.cpu(), d.out, init, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[
         d.export_dtype])
     size = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
     summary = {"parameters": n_params, "weights_bytes": size, "train_seconds": t2 - t1,

@@ -3,7 +3,7 @@
     trainable.safetensors   every parameter that trains (full weights of the trained parts, or LoRA A/B)
     optimizer.pt            AdamW state (moments, step counts)
     trainer.json            step, data position (batches consumed), scheduler state, the run's config
-    rng.pt                  torch, numpy and Python RNG states
+    rng.pt                  torch (and CUDA), numpy and Python RNG states
 
 Frozen weights are not saved: a resumed run loads them from the base checkpoint again. With these, a resumed run
 takes bit-identical steps to an uninterrupted one (same batches, same dropout masks, same optimizer state). A save
@@ -42,11 +42,16 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 

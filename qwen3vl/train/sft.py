@@ -64,6 +64,7 @@ class SFTConfig:
     export: bool = True
     export_dtype: str | None = None  # float32 / bfloat16; None keeps float32
     progress: bool = True
+    device: str = "cpu"  # where the model trains ("cuda" too; the tests cover CPU only)
 
     def __post_init__(self):
         self.train = parse_parts(self.train)
@@ -174,7 +175,7 @@ def _resume_dir(cfg: SFTConfig) -> Path | None:
 
 def _check_same_run(saved: dict, cfg: SFTConfig) -> None:
     ignore = {"resume", "progress", "max_steps", "out_dir", "eval_every", "save_every", "keep_checkpoints",
-              "export", "export_dtype", "num_workers", "eval_data"}
+              "export", "export_dtype", "num_workers", "eval_data", "device"}
     now = json.loads(json.dumps(dataclasses.asdict(cfg)))
     for k, v in now.items():
         if k not in ignore and k in saved and saved[k] != v:
@@ -217,7 +218,7 @@ def train_sft(cfg: SFTConfig, source: Source | None = None, eval_source: Source 
 
     torch.manual_seed(cfg.seed)
     processor = load_processor(cfg.model)
-    model = load_model(cfg.model, dtype=torch.float32)
+    model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
     trainable = setup_model(model, cfg)
     n_train = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
     log.info("training %d tensors, %.2fM parameters (%s%s)", len(trainable), n_train / 1e6, ",".join(cfg.train),
