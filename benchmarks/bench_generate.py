@@ -65,7 +65,7 @@ def run_ours(ckpt: str, args) -> dict:
     model = qwen3vl.load_model(ckpt, dtype=torch.bfloat16)
     cfg = model.config
     inp = _inputs(cfg)
-    eng = Engine(model, eos_token_ids=[], config=EngineConfig(kv_cache_bytes=2 * 1024**3,
+    eng = Engine(model, eos_token_ids=[], config=EngineConfig(kv_cache_bytes=1024**3,  # ~9000 tokens: enough
                                                               max_batch_tokens=args.max_batch_tokens))
     greedy = dict(temperature=0.0, ignore_eos=True)
     out = {}

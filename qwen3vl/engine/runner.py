@@ -107,10 +107,9 @@ class KVCache:
         slots = num_blocks * block_size
         self.block_size = block_size
         self.device = device
-        # torch.empty: pages are only touched (and counted in RSS) as blocks get used. Nothing unwritten is ever read:
-        # attention gathers only slots its sequence wrote (padding repeats one of them and is masked).
-        self.k = [torch.empty(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.empty(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        # allocated and touched up front (zeros), like vLLM: the server's memory is known at start and stays flat
+        self.k = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
