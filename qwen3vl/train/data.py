@@ -14,7 +14,6 @@ of batches consumed, and a resumed run rebuilds the window it stopped in and con
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from qwen3vl.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +77,11 @@ class JsonlSource:
             raise FileNotFoundError(f"training data not found: {self.path}")
         root = self.path.parent
         self.conversations: list[Conversation] = []
-        with self.path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{self.path}:{line_no} is not valid JSON: {e}") from None
-                if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                    raise ValueError(f"{self.path}:{line_no} has no 'messages' list")
-                messages = [_resolve_message(m, root) for m in record["messages"]]
-                self.conversations.append(Conversation(messages, record.get("tools")))
+        for line_no, record in iter_jsonl(self.path):
+            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+                raise ValueError(f"{self.path}:{line_no} has no 'messages' list")
+            messages = [_resolve_message(m, root) for m in record["messages"]]
+            self.conversations.append(Conversation(messages, record.get("tools")))
         if not self.conversations:
             raise ValueError(f"{self.path} holds no conversations")
         self.num_examples = len(self.conversations)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from qwen3vl.jsonl import iter_jsonl
 from qwen3vl.train.synthetic import Example
 
 log = logging.getLogger(__name__)
@@ -147,16 +148,9 @@ def read_jsonl(path: str | Path, *, load_media: bool = True) -> list[Example]:
     path = Path(path)
     root = path.parent
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no} is not valid JSON: {e}") from None
-            messages = record["messages"]
-            if load_media:
-                messages = [_load_message(m, root) for m in messages]
-            examples.append(Example(record["task"], messages, record["answer"], record.get("truth", {})))
+    for _, record in iter_jsonl(path):
+        messages = record["messages"]
+        if load_media:
+            messages = [_load_message(m, root) for m in messages]
+        examples.append(Example(record["task"], messages, record["answer"], record.get("truth", {})))
     return examples

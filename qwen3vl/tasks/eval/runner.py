@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from qwen3vl.jsonl import iter_jsonl
 from qwen3vl.tasks.coords import box_rel_to_px, point_rel_to_px
 from qwen3vl.tasks.eval import answers, metrics
 from qwen3vl.tasks.video_time import parse_time_range, parse_timestamp
@@ -68,33 +69,26 @@ def load_dataset(path: str | Path, *, limit: int | None = None) -> list[EvalReco
     path = Path(path)
     base = path.parent
     out: list[EvalRecord] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{n} is not JSON ({e})") from None
-            task = str(row.get("task", "")).lower()
-            if task not in TASKS:
-                raise ValueError(f"{path}:{n} has task {row.get('task')!r}; expected one of {', '.join(sorted(TASKS))}")
-            if "question" not in row:
-                raise ValueError(f"{path}:{n} has no 'question'")
-            if TASKS[task] not in ("json", "tool_call") and "answer" not in row:
-                raise ValueError(f"{path}:{n} ({task}) has no 'answer'")
-            media: list[dict[str, Any]] = []
-            images = row.get("images", row.get("image", []))
-            for img in [images] if isinstance(images, str) else images:
-                media.append({"type": "image", "image": _resolve(base, img)})
-            if "video" in row:
-                part = {"type": "video", "video": _resolve(base, row["video"])}
-                if "fps" in row:
-                    part["fps"] = row["fps"]
-                media.append(part)
-            out.append(EvalRecord(str(row.get("id", n)), task, row["question"], row.get("answer"), media, row))
-            if limit is not None and len(out) >= limit:
-                break
+    for n, row in iter_jsonl(path):
+        task = str(row.get("task", "")).lower()
+        if task not in TASKS:
+            raise ValueError(f"{path}:{n} has task {row.get('task')!r}; expected one of {', '.join(sorted(TASKS))}")
+        if "question" not in row:
+            raise ValueError(f"{path}:{n} has no 'question'")
+        if TASKS[task] not in ("json", "tool_call") and "answer" not in row:
+            raise ValueError(f"{path}:{n} ({task}) has no 'answer'")
+        media: list[dict[str, Any]] = []
+        images = row.get("images", row.get("image", []))
+        for img in [images] if isinstance(images, str) else images:
+            media.append({"type": "image", "image": _resolve(base, img)})
+        if "video" in row:
+            part = {"type": "video", "video": _resolve(base, row["video"])}
+            if "fps" in row:
+                part["fps"] = row["fps"]
+            media.append(part)
+        out.append(EvalRecord(str(row.get("id", n)), task, row["question"], row.get("answer"), media, row))
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 
