@@ -16,6 +16,7 @@ from qwen3vl.tasks.backends import (
     ScriptedBackend,
     chat_completions_url,
     image_message,
+    LocalBackend,
     make_backend,
     to_data_uri,
 )
@@ -158,11 +159,22 @@ def test_scripted_backend_and_backend_choice():
     with pytest.raises(RuntimeError, match="has 2 replies"):
         b.chat([])
     assert len(b.calls) == 3
-    with pytest.raises(ValueError, match="exactly one"):
-        make_backend()
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="not both"):
         make_backend("path", "http://x")
     assert isinstance(make_backend(endpoint="http://x"), EndpointBackend)
+
+
+def test_no_model_means_the_bundled_demo_model(tmp_path, monkeypatch):
+    import qwen3vl.commands
+
+    monkeypatch.setattr(qwen3vl.commands, "DEMO_MODEL", tmp_path / "missing")
+    with pytest.raises(ValueError, match="no bundled demo model"):
+        make_backend()
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "config.json").write_text("{}")
+    monkeypatch.setattr(qwen3vl.commands, "DEMO_MODEL", tmp_path / "demo")
+    backend = make_backend()
+    assert isinstance(backend, LocalBackend) and backend.model == str(tmp_path / "demo")
 
 
 class _FakeResult:

@@ -44,7 +44,10 @@ def test_ground_prints_pixels_and_writes_annotated_image(tmp_path, capsys):
     assert ann.getpixel((25, 583)) != (90, 90, 90) and ann.getpixel((66, 583)) == (90, 90, 90)
 
 
-def test_ground_without_a_model_is_an_input_error(tmp_path, capsys):
+def test_ground_without_a_model_is_an_input_error(tmp_path, capsys, monkeypatch):
+    import qwen3vl.commands
+
+    monkeypatch.setattr(qwen3vl.commands, "DEMO_MODEL", tmp_path / "no-demo-here")
     img = tmp_path / "a.png"
     Image.new("RGB", (10, 10)).save(img)
     assert run(["ground", "car", "--image", str(img)]) == 2

@@ -252,9 +252,16 @@ class ScriptedBackend:
 
 def make_backend(model: str | None = None, endpoint: str | None = None, *, served_model: str = "default",
                  api_key: str | None = None, dtype: str | None = None, device: str | None = None) -> ChatBackend:
-    """The local model (`model` = path or hub id) or an endpoint (`endpoint` = URL); exactly one of them."""
-    if bool(model) == bool(endpoint):
-        raise ValueError("give exactly one of --model PATH_OR_HUB_ID (local) or --endpoint URL (OpenAI-compatible)")
+    """The local model (`model` = path or hub id) or an endpoint (`endpoint` = URL); neither: the bundled demo."""
+    if model and endpoint:
+        raise ValueError("give one of --model PATH_OR_HUB_ID (local) or --endpoint URL (OpenAI-compatible), not both")
+    if not model and not endpoint:
+        from qwen3vl.commands import DEMO_MODEL
+
+        if not (DEMO_MODEL / "config.json").is_file():
+            raise ValueError("give --model PATH_OR_HUB_ID (local) or --endpoint URL (OpenAI-compatible); there is "
+                             f"no bundled demo model at {DEMO_MODEL} to default to")
+        model = str(DEMO_MODEL)
     if endpoint:
         return EndpointBackend(endpoint, model=served_model, api_key=api_key)
     return LocalBackend(str(model), dtype=dtype, device=device)

@@ -8,6 +8,7 @@
     captions  VIDEO            dense captions as SRT / WebVTT
     agent     --url URL TASK   browser GUI agent (headless Chromium via Playwright)
     eval      FILE.jsonl       metrics over a JSONL dataset
+    eval      synthetic        the demo tasks on fresh scenes: --seed S --n N, JSON scores on the last line
 
 Each command talks to `--model PATH` (local `qwen3vl.LLM`) or `--endpoint URL` (OpenAI-compatible);
 `--response TEXT|@FILE` (or `--script FILE` for the agent) replays a saved reply instead, which makes
@@ -252,15 +253,71 @@ def agent(task: str, *, url: str, model: str | None = None, endpoint: str | None
 
 
 def run_eval(file: str, *, model: str | None = None, endpoint: str | None = None, served_model: str = "default",
-             out: str | None = None, limit: int | None = None, max_tokens: int = 1024, progress: bool = True) -> int:
-    """Score a backend on a JSONL dataset; print the table and write per-record rows to `out`."""
+             out: str | None = None, limit: int | None = None, max_tokens: int = 1024, progress: bool = True,
+             seed: int | None = None, n: int = 200) -> int:
+    """Score a backend on a JSONL dataset; print the table and write per-record rows to `out`.
+
+    `file == "synthetic"` (and no such file) scores the demo tasks on fresh scenes instead: `run_synthetic_eval`."""
     from qwen3vl.tasks.eval.runner import evaluate, load_dataset
+
+    if file == SYNTHETIC and not Path(file).exists():
+        if endpoint:
+            raise ValueError("eval synthetic runs a local model (--model PATH, default: the bundled demo model); "
+                             "--endpoint is not supported for it")
+        return run_synthetic_eval(seed, n, model=model, out=out, progress=progress)
+    if seed is not None:
+        raise ValueError("--seed is for `qwen3vl eval synthetic`; a JSONL dataset is scored as it is")
 
     records = load_dataset(file, limit=limit)
     backend = make_backend(model, endpoint, served_model=served_model)
     report = evaluate(records, backend, max_tokens=max_tokens, out_path=out, progress=progress)
     print(report.table())
     return 0
+
+
+SYNTHETIC = "synthetic"
+
+
+def run_synthetic_eval(seed: int | None, n: int = 200, *, model: str | None = None, out: str | None = None,
+                       progress: bool = True) -> int:
+    """The five demo tasks on `n` fresh scenes from `seed`, scored as `qwen3vl.train.scoring` says.
+
+    Prints a table, then the scores as one JSON object on the last line (keys: the task names). The scenes are
+    drawn at the sizes the model was trained on (its `synthetic_config.json`, when it has one)."""
+    from qwen3vl.train.demo import evaluate_demo
+    from qwen3vl.train.synthetic import TASKS
+
+    if seed is None:
+        raise ValueError("eval synthetic needs --seed S (pick one that training never saw; the demo model trained "
+                         "on seed 0 and measured its held-out loss on seed 1)")
+    if n < len(TASKS):
+        raise ValueError(f"--n {n}: needs at least {len(TASKS)}, one example per task")
+    folder = resolve_local_model(model)
+    rows: list[dict] = []
+    scores = evaluate_demo(folder, seed, n, records=rows, progress=progress)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    counts = {task: sum(r["task"] == task for r in rows) for task in TASKS}
+    print(f"{'task':<12} {'n':>4} {'score':>6}")
+    for task in TASKS:
+        print(f"{task:<12} {counts[task]:>4} {scores[task]:>6.3f}")
+    print(json.dumps({task: round(scores[task], 4) for task in TASKS}))
+    return 0
+
+
+def resolve_local_model(model: str | None) -> str:
+    """`model` as given, or the bundled demo model; a folder that does not exist is an error naming it."""
+    from qwen3vl.commands import DEMO_MODEL
+
+    if model is None:
+        if not (DEMO_MODEL / "config.json").is_file():
+            raise FileNotFoundError(f"no --model given and no bundled demo model at {DEMO_MODEL}")
+        return str(DEMO_MODEL)
+    if not Path(model).is_dir():
+        raise FileNotFoundError(f"--model {model}: no such folder (eval synthetic needs a local checkpoint)")
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- argparse
@@ -383,10 +440,12 @@ def add_agent_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help="metrics over a JSONL dataset")
-    p.add_argument("file", help="dataset .jsonl")
+    p = sub.add_parser("eval", help="metrics over a JSONL dataset, or `eval synthetic`: the demo tasks")
+    p.add_argument("file", help="dataset .jsonl, or the word `synthetic`: the five demo tasks on fresh scenes")
     p.add_argument("--out", help="per-record results .jsonl")
     p.add_argument("--limit", type=int)
+    p.add_argument("--seed", type=int, help="eval synthetic: the seed the scenes are drawn from")
+    p.add_argument("--n", type=int, default=200, help="eval synthetic: number of scenes (split evenly over tasks)")
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     _model_args(p, replay=False)
