@@ -55,7 +55,7 @@ def test_multi_turn_scene_questions_agree_with_the_truth():
     assert extra > 60
 
 
-def test_tiny_demo_builds_loads_and_scores(tmp_path):
+def test_tiny_demo_builds_loads_and_scores(tmp_path, capsys):
     d = DemoConfig(out=str(tmp_path / "demo"), steps=2, batch_size=2, warmup_steps=1, eval_every=1, eval_examples=5,
                    save_every=0, num_workers=0, extra_turns=1, hidden_size=32, intermediate_size=64, num_layers=2,
                    num_heads=2, num_kv_heads=1, vision_hidden_size=32, vision_intermediate_size=64, vision_depth=2,
@@ -68,7 +68,37 @@ def test_tiny_demo_builds_loads_and_scores(tmp_path):
                  "chat_template.json"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["text_config"]["vocab_size"] == 683 and config["vision_config"]["deepstack_visual_indexes"] == [0, 1]
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    assert config["text_config"]["vocab_size"] == vocab == 683  # 657 learned + 26 Qwen special tokens
+    assert config["vision_config"]["deepstack_visual_indexes"] == [0, 1]
     assert json.loads((out / "generation_config.json").read_text())["do_sample"] is False
-    scores = evaluate_demo(out, seed=5, n=5, second_event_p=SyntheticConfig().second_event_p, progress=False)
+    saved = json.loads((out / "synthetic_config.json").read_text())
+    assert saved["image_size"] == d.image_size and saved["video_size"] == d.video_size
+    assert json.loads((out / "training_summary.json").read_text())["steps"] == 2
+    scores = evaluate_demo(out, seed=5, n=5, progress=False)
     assert set(scores) == set(TASKS) and all(0.0 <= v <= 1.0 for v in scores.values())
+
+    # the command line: the same scores, one JSON object on the last line
+    from qwen3vl.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    assert main(["eval", "synthetic", "--seed", "5", "--n", "5", "--model", str(out), "--out", str(rows),
+                 "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == {task: round(scores[task], 4) for task in TASKS}
+    assert [json.loads(line)["task"] for line in rows.read_text().splitlines()] == list(TASKS)
+    assert main(["eval", "synthetic", "--n", "5", "--model", str(out)]) == 2
+    assert "--seed" in capsys.readouterr().err
+    assert main(["eval", "synthetic", "--seed", "1", "--model", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_synthetic_scenes_follow_the_models_saved_sizes(tmp_path):
+    from qwen3vl.train.demo import synthetic_config_for, write_synthetic_config
+
+    assert synthetic_config_for(tmp_path) == SyntheticConfig(second_event_p=1.0)
+    write_synthetic_config(tmp_path, SyntheticConfig(image_size=192, video_size=64))
+    cfg = synthetic_config_for(tmp_path, second_event_p=0.5)
+    assert (cfg.image_size, cfg.video_size, cfg.second_event_p) == (192, 64, 0.5)

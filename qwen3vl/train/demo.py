@@ -39,11 +39,13 @@ class DemoConfig:
     seed: int = 0  # training stream
     eval_seed: int = 1  # held-out loss during training
     tasks: tuple[str, ...] = DEMO_TASKS
+    image_size: int = 256  # side of the still images (SyntheticConfig.image_size); 128 read the image far slower
+    video_size: int = 96  # side of the video frames
     second_event_p: float = 1.0  # every clip has a second change, so video_time needs the label (DEMO_DATA.md)
-    extra_turns: int = 4  # further questions about each scene (demo_data.MultiTurnSource); 0: one question
-    steps: int = 3600  # ~30 min on 2 idle CPU cores (0.5 s/step), about twice that when the cores are shared
+    extra_turns: int = 8  # further questions about each scene (demo_data.MultiTurnSource); 0: one question
+    steps: int = 8000  # ~75 min on 2 idle CPU cores (0.55 s/step), more when the cores are shared
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 5e-4  # 2e-3 left the image unused for 2,000+ steps (docs/TRAINING.md); 5e-4 reads it by step 600
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -95,7 +97,8 @@ def demo_model_config(d: DemoConfig, tokenizer_dir: str | Path):
     return config_for_tokenizer(tokenizer_dir, base)
 
 
-def write_side_files(folder: str | Path, tokenizer_dir: str | Path) -> None:
+def write_side_files(folder: str | Path, tokenizer_dir: str | Path, image_size: int = 256,
+                     video_size: int = 96) -> None:
     """Tokenizer, preprocessor configs sized for the synthetic media, greedy generation config, chat template."""
     import shutil
 
@@ -110,10 +113,10 @@ def write_side_files(folder: str | Path, tokenizer_dir: str | Path) -> None:
     common = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3,
               "image_std": [0.5] * 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
               "do_convert_rgb": True, "resample": 3, "processor_class": "Qwen3VLProcessor"}
-    side = 256 * 256  # every training image is 256 x 256: resize any image to about that area
+    side = image_size * image_size  # every training image is this size: resize any image to about that area
     image = {**common, "size": {"shortest_edge": side, "longest_edge": side},
              "image_processor_type": "Qwen2VLImageProcessorFast"}
-    frames = 96 * 96  # training clips: 96 x 96 frames, 16-32 of them
+    frames = video_size * video_size  # training clips: square frames of this side, 16-32 of them
     video = {**common, "size": {"shortest_edge": frames * 4, "longest_edge": frames * 32}, "fps": 2,
              "min_frames": 4, "max_frames": 32, "do_sample_frames": True,
              "video_processor_type": "Qwen3VLVideoProcessor"}
@@ -150,9 +153,9 @@ def build_demo(d: DemoConfig) -> dict:
     if not (init / "model.safetensors").is_file():
         model = random_model(cfg, seed=d.init_seed)
         save_checkpoint(model, init)
-        write_side_files(init, tok_dir)
+        write_side_files(init, tok_dir, d.image_size, d.video_size)
 
-    synth = SyntheticConfig(second_event_p=d.second_event_p)
+    synth = SyntheticConfig(image_size=d.image_size, video_size=d.video_size, second_event_p=d.second_event_p)
     eval_set = ListSource([ex.messages for ex in make_dataset(d.eval_seed, d.eval_examples, TASKS, synth)])
     sft = SFTConfig(model=str(init), out_dir=str(work / "run"), batch_size=d.batch_size, max_steps=d.steps, lr=d.lr,
                     min_lr_ratio=d.min_lr_ratio, warmup_steps=d.warmup_steps, weight_decay=d.weight_decay,
@@ -167,24 +170,47 @@ def build_demo(d: DemoConfig) -> dict:
     out = export_model(result.model.cpu(), d.out, init, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[
         d.export_dtype])
     size = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
+    write_synthetic_config(out, synth)
     summary = {"parameters": n_params, "weights_bytes": size, "train_seconds": t2 - t1,
                "total_seconds": time.perf_counter() - t0, "steps": result.step,
-               "final_loss": result.losses.get(result.step), "eval_losses": result.eval_losses, "out": str(out)}
-    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+               "final_loss": result.losses.get(result.step), "eval_losses": result.eval_losses, "out": str(out),
+               "demo_config": asdict(d)}
+    text = json.dumps(summary, indent=2) + "\n"
+    (work / "summary.json").write_text(text)
+    (Path(out) / "training_summary.json").write_text(text)
     return summary
+
+
+SYNTHETIC_CONFIG_FILE = "synthetic_config.json"  # the media sizes a demo model was trained on, beside its weights
+
+
+def write_synthetic_config(folder: str | Path, synth) -> None:
+    fields = ("image_size", "video_size", "fps", "min_seconds", "max_seconds", "max_count")
+    (Path(folder) / SYNTHETIC_CONFIG_FILE).write_text(json.dumps({k: getattr(synth, k) for k in fields}, indent=2)
+                                                      + "\n")
+
+
+def synthetic_config_for(folder: str | Path | None, second_event_p: float = 1.0):
+    """The scenes to test a model on: those it was trained on (`synthetic_config.json` in its folder) if it says,
+    else `SyntheticConfig()`'s, with `second_event_p` (1.0: every clip has a second change, so the label matters)."""
+    from qwen3vl.train.synthetic import SyntheticConfig
+
+    path = Path(folder) / SYNTHETIC_CONFIG_FILE if folder is not None else None
+    saved = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    return SyntheticConfig(**saved, second_event_p=second_event_p)
 
 
 def evaluate_demo(folder: str | Path, seed: int, n: int = 200, records: list | None = None,
                   second_event_p: float = 1.0, progress: bool = True) -> dict[str, float]:
-    """Per-task accuracy of the model in `folder` on n fresh synthetic examples of `seed` (greedy decoding)."""
+    """Per-task accuracy of the model in `folder` on n fresh synthetic examples of `seed` (greedy decoding), drawn at
+    the sizes the model was trained on."""
     from qwen3vl.llm import LLM
     from qwen3vl.train.scoring import evaluate
-    from qwen3vl.train.synthetic import SyntheticConfig
 
     llm = LLM(str(folder), dtype="float32", device="cpu")
 
     def generate(messages: list[dict]) -> str:
         return llm.chat(messages, max_tokens=64, temperature=0).text
 
-    return evaluate(generate, seed, n, config=SyntheticConfig(second_event_p=second_event_p), records=records,
+    return evaluate(generate, seed, n, config=synthetic_config_for(folder, second_event_p), records=records,
                     progress=progress)
