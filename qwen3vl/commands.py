@@ -51,13 +51,20 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
 
+def bundled_model() -> str:
+    """The bundled demo model's folder, the default wherever no model is given; FileNotFoundError if it is missing."""
+    if not (DEMO_MODEL / "config.json").is_file():
+        raise FileNotFoundError(f"no --model given and no bundled demo model at {DEMO_MODEL}")
+    return str(DEMO_MODEL)
+
+
 def resolve_model_arg(model: str | None) -> str:
     if model:
         return model
-    if (DEMO_MODEL / "config.json").exists():
-        return str(DEMO_MODEL)
-    raise SystemExit("error: no --model given and no bundled demo model found at "
-                     f"{DEMO_MODEL}; pass --model PATH_OR_HUB_ID (or create one with `qwen3vl init-random DIR`)")
+    try:
+        return bundled_model()
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}; pass --model PATH_OR_HUB_ID (or create one with `qwen3vl init-random DIR`)")
 
 
 def build_llm(args: argparse.Namespace):

@@ -256,12 +256,12 @@ def make_backend(model: str | None = None, endpoint: str | None = None, *, serve
     if model and endpoint:
         raise ValueError("give one of --model PATH_OR_HUB_ID (local) or --endpoint URL (OpenAI-compatible), not both")
     if not model and not endpoint:
-        from qwen3vl.commands import DEMO_MODEL
+        from qwen3vl.commands import bundled_model
 
-        if not (DEMO_MODEL / "config.json").is_file():
-            raise ValueError("give --model PATH_OR_HUB_ID (local) or --endpoint URL (OpenAI-compatible); there is "
-                             f"no bundled demo model at {DEMO_MODEL} to default to")
-        model = str(DEMO_MODEL)
+        try:
+            model = bundled_model()
+        except FileNotFoundError as e:
+            raise ValueError(f"{e}; give --model PATH_OR_HUB_ID (local) or --endpoint URL (OpenAI-compatible)") from None
     if endpoint:
         return EndpointBackend(endpoint, model=served_model, api_key=api_key)
     return LocalBackend(str(model), dtype=dtype, device=device)

@@ -309,12 +309,10 @@ def run_synthetic_eval(seed: int | None, n: int = 200, *, model: str | None = No
 
 def resolve_local_model(model: str | None) -> str:
     """`model` as given, or the bundled demo model; a folder that does not exist is an error naming it."""
-    from qwen3vl.commands import DEMO_MODEL
+    from qwen3vl.commands import bundled_model
 
     if model is None:
-        if not (DEMO_MODEL / "config.json").is_file():
-            raise FileNotFoundError(f"no --model given and no bundled demo model at {DEMO_MODEL}")
-        return str(DEMO_MODEL)
+        return bundled_model()
     if not Path(model).is_dir():
         raise FileNotFoundError(f"--model {model}: no such folder (eval synthetic needs a local checkpoint)")
     return model
