@@ -59,7 +59,10 @@ class RequestHandle:
         """The next batch of events; a 504 APIError once the request's deadline has passed."""
         remaining = self.deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout=max(remaining, 0.0))
+            # not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands just as the queue hands over a
+            # batch, and a stream whose client left would then wait here for events that never come
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await self.queue.get()
         except TimeoutError:
             raise APIError(504, f"the request did not finish within the server's request timeout "
                                 f"({self.deadline - self.arrival:.0f} s); it was aborted", code="timeout") from None
@@ -142,7 +145,8 @@ class EngineLoop:
         try:
             fut = loop.run_in_executor(self.pool, build)
             try:
-                job = await asyncio.wait_for(fut, timeout=max(handle.deadline - time.monotonic(), 0.0))
+                async with asyncio.timeout(max(handle.deadline - time.monotonic(), 0.0)):  # see next_events
+                    job = await fut
             except TimeoutError:
                 raise APIError(504, "preparing the request (media download / decoding) took longer than the "
                                     "server's request timeout", code="timeout") from None
@@ -168,6 +172,8 @@ class EngineLoop:
         if not handle.done and not handle.cancelled:
             handle.cancelled = True
             self.inbox.put(("abort", handle, None))
+            # the engine sends nothing more for an aborted request: end any read still waiting on this handle
+            handle.queue.put_nowait([Failed(APIError(499, "the client closed the request", code="client_closed"))])
         self.in_flight.discard(handle)
 
     # ------------------------------------------------------------------ engine thread
