@@ -162,7 +162,11 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", dest="num_workers", type=int, choices=(0, 1))
-    p.add_argument("--resume", action="store_true", default=None)
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue from the last checkpoint in the work dir; a larger --steps extends a finished run "
+                        "(the cosine schedule is recomputed for the new length)")
+    p.add_argument("--eval-every", dest="eval_every", type=int, help="held-out loss every N steps")
+    p.add_argument("--save-every", dest="save_every", type=int, help="resumable checkpoint every N steps")
     p.add_argument("--export-dtype", dest="export_dtype", choices=("float32", "bfloat16"))
     p.add_argument("--device", help="cpu (default) or cuda")
     p.set_defaults(func=_run_demo)

@@ -119,5 +119,10 @@ def load_state(folder: str | Path, model: nn.Module, optimizer, scheduler) -> Tr
     sched = meta["scheduler"]
     sched.pop("lr_lambdas", None)  # the schedule is rebuilt from the config; its numbers are the same
     scheduler.load_state_dict({**scheduler.state_dict(), **sched})
+    # the optimizer came back with the learning rate of the saved schedule; a run resumed with another length (a
+    # finished run extended) must take its next step at the rebuilt schedule's rate
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
     return TrainerState(meta["step"], meta["position"], meta["config"])
