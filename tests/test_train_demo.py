@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 from qwen3vl.train.demo import DemoConfig, build_demo, evaluate_demo
 from qwen3vl.train.demo_data import MultiTurnSource
@@ -55,11 +56,24 @@ def test_multi_turn_scene_questions_agree_with_the_truth():
     assert extra > 60
 
 
+def _tiny_demo(out, steps: int = 2) -> DemoConfig:
+    return DemoConfig(out=str(out), steps=steps, batch_size=2, warmup_steps=1, eval_every=0, eval_examples=2,
+                      save_every=1, num_workers=0, extra_turns=1, hidden_size=32, intermediate_size=64, num_layers=2,
+                      num_heads=2, num_kv_heads=1, vision_hidden_size=32, vision_intermediate_size=64, vision_depth=2,
+                      vision_heads=1, deepstack=(0, 1))
+
+
+def _train_records(work) -> dict[int, dict]:
+    """The training records of metrics.jsonl by step; each step must be logged once."""
+    lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if "loss" in r]
+    steps = [r["step"] for r in records]
+    assert len(steps) == len(set(steps)), steps
+    return {r["step"]: r for r in records}
+
+
 def test_tiny_demo_builds_loads_and_scores(tmp_path, capsys):
-    d = DemoConfig(out=str(tmp_path / "demo"), steps=2, batch_size=2, warmup_steps=1, eval_every=1, eval_examples=5,
-                   save_every=0, num_workers=0, extra_turns=1, hidden_size=32, intermediate_size=64, num_layers=2,
-                   num_heads=2, num_kv_heads=1, vision_hidden_size=32, vision_intermediate_size=64, vision_depth=2,
-                   vision_heads=1, deepstack=(0, 1))
+    d = replace(_tiny_demo(tmp_path / "demo"), eval_every=1, eval_examples=5, save_every=0)
     summary = build_demo(d)
     assert summary["steps"] == 2 and set(summary["eval_losses"]) == {1, 2}
     out = tmp_path / "demo"
@@ -104,25 +118,12 @@ def test_synthetic_scenes_follow_the_models_saved_sizes(tmp_path):
     assert (cfg.image_size, cfg.video_size, cfg.second_event_p) == (192, 64, 0.5)
 
 
-def _tiny_demo(out, steps: int = 2) -> DemoConfig:
-    return DemoConfig(out=str(out), steps=steps, batch_size=2, warmup_steps=1, eval_every=0, eval_examples=2,
-                      save_every=1, num_workers=0, extra_turns=1, hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=2, num_kv_heads=1, vision_hidden_size=32, vision_intermediate_size=64, vision_depth=2,
-                      vision_heads=1, deepstack=(0, 1))
-
-
-def _train_records(work) -> dict[int, dict]:
-    lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r for r in map(json.loads, lines) if "loss" in r}
-
-
 def test_a_finished_demo_run_extends_with_resume(tmp_path, caplog):
     """`train demo --resume --steps N` with N above a finished run's length (how the shipped model got its second
     stretch) goes on from the last checkpoint with the schedule of the new length and exports again. With one warmup
     step, the first two steps of a 2-step and a 4-step schedule are the same, so the extended run must end exactly
     where an uninterrupted 4-step run ends."""
     import logging
-    from dataclasses import replace
 
     from safetensors.torch import load_file
 
@@ -134,9 +135,8 @@ def test_a_finished_demo_run_extends_with_resume(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="qwen3vl.train.sft"):
         assert build_demo(replace(first, steps=4, resume=True))["steps"] == 4
     assert "at step 2" in caplog.text  # went on from the checkpoint, did not start over
-    lines = (first.work / "run" / "metrics.jsonl").read_text().splitlines()
-    assert sorted(r["step"] for r in map(json.loads, lines) if "loss" in r) == [1, 2, 3, 4]
     records = _train_records(first.work)
+    assert sorted(records) == [1, 2, 3, 4]
     assert [records[s]["loss"] for s in (1, 2)] == [kept[s]["loss"] for s in (1, 2)]
     extended = load_file(tmp_path / "a" / "model.safetensors")
     assert any(not (two[k] == extended[k]).all() for k in two)  # the export holds the longer run
