@@ -19,6 +19,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", "-m", default=None,
                    help="checkpoint folder or Hugging Face hub id (default: the bundled demo model)")
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    g.add_argument("--lora", action="append", default=None, metavar="ADAPTER",
+                   help="a peft LoRA adapter folder or hub id, merged into the weights at load (repeatable)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"],
                    help="weights dtype (default: the checkpoint's)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -69,6 +71,7 @@ def resolve_model_arg(model: str | None) -> str:
 
 def build_llm(args: argparse.Namespace):
     from qwen3vl.llm import LLM
+    from qwen3vl.weights.adapters import AdapterError
     from qwen3vl.weights.hub import ModelNotFoundError
 
     media = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "fps": args.fps,
@@ -79,8 +82,8 @@ def build_llm(args: argparse.Namespace):
                    kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
                    max_batch_tokens=args.max_batch_tokens, chat_format=args.chat_format, media=media,
                    allow_remote_media=args.allow_remote_media, progress=sys.stderr.isatty(),
-                   tensor_parallel_size=args.tensor_parallel_size)
-    except ModelNotFoundError as e:
+                   tensor_parallel_size=args.tensor_parallel_size, lora=args.lora)
+    except (ModelNotFoundError, AdapterError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -93,7 +93,8 @@ class LLM:
                  num_blocks: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
                  max_batch_tokens: int = 2048, enable_prefix_cache: bool = True, vision_cache_mb: int = 512,
                  chat_format: str = "auto", media: dict[str, Any] | None = None, allow_remote_media: bool = False,
-                 progress: bool = False, tensor_parallel_size: int = 1):
+                 progress: bool = False, tensor_parallel_size: int = 1,
+                 lora: str | Path | list[str | Path] | None = None):
         from qwen3vl.model.qwen3vl import load_model
         from qwen3vl.processing.processor import load_processor
         from qwen3vl.weights.hub import resolve_checkpoint
@@ -105,6 +106,10 @@ class LLM:
                               max_num_seqs=max_num_seqs, max_batch_tokens=max_batch_tokens,
                               max_model_len=max_model_len, enable_prefix_cache=enable_prefix_cache,
                               vision_cache_bytes=vision_cache_mb * 1024**2)
+        adapters = [lora] if isinstance(lora, (str, Path)) else list(lora or [])
+        if adapters and tensor_parallel_size > 1:
+            raise ValueError("lora= with tensor_parallel_size > 1 is not supported: merge the adapter into a model "
+                             "folder first (`qwen3vl train merge --model M --adapter A --out DIR`) and load that")
         self._parallel = None
         if tensor_parallel_size > 1:  # other torchrun ranks never return from here (docs/PARALLEL.md)
             from qwen3vl.parallel.launch import start_tensor_parallel
@@ -113,6 +118,11 @@ class LLM:
             self.model = self._parallel.model
         else:
             self.model = load_model(folder, dtype=dtype, device=device, progress=progress)
+            if adapters:
+                from qwen3vl.weights.adapters import merge_adapter
+
+                for adapter in adapters:  # peft LoRA adapters, folded into the weights in the order given
+                    merge_adapter(self.model, adapter, revision=None)
         self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media)
         self.tokenizer = self.processor.tokenizer
         self.thinking = self.processor.chat_format == "thinking"

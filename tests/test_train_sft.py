@@ -137,7 +137,7 @@ def test_export_loads_in_transformers_with_the_same_logits(base, data, tmp_path)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
                  "video_preprocessor_config.json", "generation_config.json", "chat_template.json"):
         assert (folder / name).is_file(), name
-    assert (tmp_path / "run" / "adapter" / "adapter.safetensors").is_file()
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
 
     proc = load_processor(folder)
     img = Image.effect_noise((64, 64), 60).convert("RGB")
@@ -157,6 +157,12 @@ def test_export_loads_in_transformers_with_the_same_logits(base, data, tmp_path)
     assert (ours - hf)[keep].abs().max() <= 1e-4
     assert (ours - trained)[keep].abs().max() <= 1e-5
     assert (ours - untrained)[keep].abs().max() > 1e-3  # the adapters did something
+    import peft  # the adapter alone, in peft's format, on transformers' base model
+
+    with torch.no_grad():
+        base_hf = Qwen3VLForConditionalGeneration.from_pretrained(base)
+        via_peft = peft.PeftModel.from_pretrained(base_hf, tmp_path / "run" / "adapter").eval()(**inputs).logits
+    assert (via_peft - ours)[keep].abs().max() <= 1e-4
 
 
 def test_cli_sft_then_export(base, data, tmp_path):

@@ -5,7 +5,8 @@ modules for `LoRALinear`, which *is* an `nn.Linear` holding the very same `weigh
 restores plain `nn.Linear`s, so the merged model exports in the official layout.
 
 Why not peft: it is a heavy dependency built around transformers' model classes; our model is not one, and all we
-need is ~100 lines: wrap linears by name pattern, train A and B, merge.
+need is ~100 lines: wrap linears by name pattern, train A and B, merge. The saved adapters are in peft's format,
+though (`save_adapter`, read by `qwen3vl.weights.adapters`), so they move both ways between the two.
 
 Legend: N rows of input, I in_features, O out_features, r rank.
 """
@@ -25,6 +26,7 @@ from torch import nn
 # The decoder's attention and MLP projections. Vision blocks use `qkv`, `proj`, `linear_fc1`, `linear_fc2`.
 LANGUAGE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_TARGETS = ("qkv", "proj", "linear_fc1", "linear_fc2")
+CONFIG_METADATA = "qwen3vl_lora_config"  # our LoRAConfig, as JSON, in the adapter file's safetensors metadata
 
 
 @dataclass
@@ -126,33 +128,58 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
 
 
-def save_adapter(model: nn.Module, folder: str | Path, cfg: LoRAConfig) -> Path:
-    """`adapter.safetensors` + `adapter_config.json` (our own small format, not peft's)."""
-    from safetensors.torch import save_file
+def save_adapter(model: nn.Module, folder: str | Path, cfg: LoRAConfig, base_model: str | None = None) -> Path:
+    """The adapters alone, in peft's format (`adapter_model.safetensors` + `adapter_config.json`): peft's
+    `PeftModel.from_pretrained` loads them onto transformers' Qwen3-VL, and `qwen3vl run --lora` merges them.
 
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(lora_state_dict(model), out / "adapter.safetensors")
-    (out / "adapter_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    return out
+    `target_modules` lists the exact wrapped module names; our own `LoRAConfig` rides along in the safetensors
+    metadata so `load_adapter` gives back the very config (peft ignores it).
+    """
+    from qwen3vl.weights.adapters import write_adapter
+
+    pairs = {name: (m.lora_A, m.lora_B) for name, m in lora_modules(model)}
+    if not pairs:
+        raise ValueError("the model has no LoRA modules to save (apply_lora first)")
+    return write_adapter(folder, pairs, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, base_model=base_model,
+                         metadata={CONFIG_METADATA: json.dumps(asdict(cfg))})
 
 
 def load_adapter(model: nn.Module, folder: str | Path) -> LoRAConfig:
-    """Wrap `model` as the saved adapter describes and load its A/B weights (in place)."""
-    from safetensors.torch import load_file
+    """Wrap `model` as a saved adapter describes and load its A/B weights (in place), to go on training it.
 
-    folder = Path(folder)
-    cfg = LoRAConfig(**json.loads((folder / "adapter_config.json").read_text()))
-    apply_lora(model, cfg)
-    state = load_file(folder / "adapter.safetensors")
-    params = dict(model.named_parameters())
-    missing = sorted(set(n for n in params if n.endswith((".lora_A", ".lora_B"))) - set(state))
-    unexpected = sorted(set(state) - set(params))
-    if missing or unexpected:
-        raise ValueError(f"adapter in {folder} does not fit the model: missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]}")
+    Any peft LoRA adapter with one rank and alpha for all its modules works; to use an adapter for inference,
+    `qwen3vl.weights.adapters.merge_adapter` folds it in instead.
+    """
+    from qwen3vl.weights.adapters import AdapterError, read_adapter
+
+    adapter = read_adapter(folder)
+    if adapter.tensors or any(p.embedding or p.bias is not None for p in adapter.pairs):
+        raise AdapterError(f"{folder}: the adapter changes more than linear layers (whole tensors, embeddings or "
+                           "LoRA biases); it can be merged (merge_adapter) but not trained further here")
+    if CONFIG_METADATA in adapter.metadata:
+        cfg = LoRAConfig(**json.loads(adapter.metadata[CONFIG_METADATA]))
+    else:
+        c = adapter.config
+        cfg = LoRAConfig(rank=int(c["r"]), alpha=float(c["lora_alpha"]), dropout=float(c.get("lora_dropout") or 0.0),
+                         targets=tuple(re.escape(p.module) for p in adapter.pairs))
+    if not lora_modules(model):
+        apply_lora(model, cfg)
+    wrapped = dict(lora_modules(model))
+    by_module = {p.module: p for p in adapter.pairs}
+    if set(by_module) != set(wrapped):
+        missing, extra = sorted(set(wrapped) - set(by_module)), sorted(set(by_module) - set(wrapped))
+        raise AdapterError(f"adapter in {folder} does not fit the model: no weights for {missing[:3]}, weights for "
+                           f"unwrapped modules {extra[:3]}")
     with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t)
+        for name, m in wrapped.items():
+            pair = by_module[name]
+            if pair.A.shape != m.lora_A.shape or pair.B.shape != m.lora_B.shape:
+                raise AdapterError(f"adapter in {folder}: {name} is rank {pair.rank} {tuple(pair.B.shape)}x"
+                                   f"{tuple(pair.A.shape)}, the model's adapter {tuple(m.lora_B.shape)}x"
+                                   f"{tuple(m.lora_A.shape)}")
+            if not math.isclose(pair.scale, m.scaling, rel_tol=1e-6):
+                raise AdapterError(f"adapter in {folder}: {name} has scale {pair.scale:g}, the model's adapter "
+                                   f"{m.scaling:g}")
+            m.lora_A.copy_(pair.A)
+            m.lora_B.copy_(pair.B)
     return cfg
-

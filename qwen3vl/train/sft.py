@@ -285,7 +285,7 @@ def export_trained(model, cfg: SFTConfig, out: Path, adapter_dir: Path | None = 
     from qwen3vl.weights.loader import parse_dtype
 
     if adapter_dir is not None and cfg.lora and lora_modules(model):
-        save_adapter(model, adapter_dir, lora_config(cfg))
+        save_adapter(model, adapter_dir, lora_config(cfg), base_model=str(cfg.model))
     return export_model(model, out, cfg.model, dtype=parse_dtype(cfg.export_dtype))
 
 

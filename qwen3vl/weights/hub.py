@@ -12,16 +12,17 @@ class ModelNotFoundError(FileNotFoundError):
     """Neither a local folder nor a reachable (or cached) hub repository."""
 
 
-def resolve_checkpoint(path: str | Path, revision: str | None = None) -> Path:
+def resolve_checkpoint(path: str | Path, revision: str | None = None, *, marker: str = "config.json",
+                       what: str = "Qwen3-VL checkpoint") -> Path:
+    """`marker` is the file a folder must hold to be one (`adapter_config.json` for a LoRA adapter)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        if not (p / "config.json").exists():
-            raise ModelNotFoundError(f"{p} is a folder but has no config.json; is it a Qwen3-VL checkpoint?")
+        if not (p / marker).exists():
+            raise ModelNotFoundError(f"{p} is a folder but has no {marker}; is it a {what}?")
         return p
     text = str(path)
     if p.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise ModelNotFoundError(f"model {text!r} is not a checkpoint folder and does not look like a hub id "
-                                 "(owner/name)")
+        raise ModelNotFoundError(f"{what} {text!r} is not a folder and does not look like a hub id (owner/name)")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - a core dependency
