@@ -2,6 +2,7 @@
 
     train sft     --model DIR --data train.jsonl --out DIR     fine-tune (full, chosen parts, or LoRA); resumable
     train export  CHECKPOINT --out DIR                         a training checkpoint -> a merged model folder
+    train merge   --model M --adapter A --out DIR              a peft LoRA adapter folded into a model folder
     train synth   --out data/train.jsonl --n 1000              write synthetic conversations as JSONL + media
     train demo    --out DIR                                    train the tiny demo model from scratch
     train score   MODEL --seed S --n 200                       score a model on fresh synthetic examples
@@ -38,6 +39,31 @@ def export(checkpoint: str, out: str, dtype: str | None = None, base: str | None
     from qwen3vl.train.sft import export_checkpoint
 
     print(export_checkpoint(checkpoint, out, dtype=dtype, base=base))
+    return 0
+
+
+def merge(model: str, adapters: list[str], out: str, dtype: str | None = None, revision: str | None = None) -> int:
+    """Fold peft LoRA adapters (in order) into `model` and write a model folder in the official layout, side files
+    (tokenizer, preprocessor, template) copied from the base. The merge runs in float32; `dtype` defaults to the
+    base checkpoint's."""
+    import torch
+
+    from qwen3vl.config import load_config
+    from qwen3vl.model.qwen3vl import load_model
+    from qwen3vl.train.export import export_model
+    from qwen3vl.weights.adapters import AdapterError, merge_adapter
+    from qwen3vl.weights.hub import ModelNotFoundError, resolve_checkpoint
+    from qwen3vl.weights.loader import parse_dtype
+
+    try:
+        folder = resolve_checkpoint(model, revision=revision)
+        target = parse_dtype(dtype or load_config(folder).dtype or "float32")
+        base = load_model(folder, dtype=torch.float32)
+        changed = sorted({n for a in adapters for n in merge_adapter(base, a)})
+    except (ModelNotFoundError, AdapterError) as e:
+        raise SystemExit(f"error: {e}") from None
+    export_model(base, out, folder, dtype=target)
+    print(json.dumps({"model": out, "adapters": adapters, "changed_tensors": len(changed)}))
     return 0
 
 
@@ -99,7 +125,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_sft(sub: Any) -> None:
     p = sub.add_parser("sft", help="supervised fine-tuning on JSONL conversations (loss on assistant tokens)")
     p.add_argument("--model", required=True, help="base checkpoint folder")
-    p.add_argument("--data", required=True, help="training JSONL: one {'messages': [...]} per line")
+    p.add_argument("--data", required=True, help="training JSONL: one {'messages': [...]} per line, or LLaVA/ShareGPT "
+                   "{'image': ..., 'conversations': [...]} records")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, model/ (and adapter/)")
     p.add_argument("--eval-data", dest="eval_data", help="held-out JSONL for the evaluation loss")
     p.add_argument("--train", type=_csv, help="parts that train: vision,merger,language (default: all)")
@@ -140,6 +167,17 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"))
     p.add_argument("--base", help="base checkpoint folder, if it moved since training")
     p.set_defaults(func=lambda a: export(a.checkpoint, a.out, a.dtype, a.base))
+
+
+def _add_merge(sub: Any) -> None:
+    p = sub.add_parser("merge", help="fold peft LoRA adapters into a model folder (official layout)")
+    p.add_argument("--model", required=True, help="base checkpoint folder or hub id")
+    p.add_argument("--adapter", action="append", required=True, dest="adapters",
+                   help="peft LoRA adapter folder or hub id (repeatable; merged in order)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the base checkpoint's")
+    p.add_argument("--revision", help="hub revision of the base model")
+    p.set_defaults(func=lambda a: merge(a.model, a.adapters, a.out, a.dtype, a.revision))
 
 
 def _add_synth(sub: Any) -> None:
@@ -186,7 +224,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Mount `train` and its subcommands on the top-level CLI's subparsers."""
     p = subparsers.add_parser("train", help="fine-tuning, synthetic data and the demo model")
     sub = p.add_subparsers(dest="train_command", required=True)
-    for add in (_add_sft, _add_export, _add_synth, _add_demo, _add_score):
+    for add in (_add_sft, _add_export, _add_merge, _add_synth, _add_demo, _add_score):
         add(sub)
     return p
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from qwen3vl.jsonl import iter_jsonl
+from qwen3vl.train.formats import record_to_conversation
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ def _resolve_message(message: dict[str, Any], root: Path) -> dict[str, Any]:
 
 
 class JsonlSource:
-    """Conversations from a JSONL file; each line has `messages` (and optionally `tools`). Relative media paths are
-    resolved against the file's folder, as `synthetic_io.write_jsonl` writes them. Media are loaded when prepared."""
+    """Conversations from a JSONL file; each line has `messages` (and optionally `tools`), or is in the LLaVA /
+    ShareGPT layout (`formats.py`). Relative media paths are resolved against the file's folder, as
+    `synthetic_io.write_jsonl` writes them. Media are loaded when prepared."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -78,10 +80,9 @@ class JsonlSource:
         root = self.path.parent
         self.conversations: list[Conversation] = []
         for line_no, record in iter_jsonl(self.path):
-            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                raise ValueError(f"{self.path}:{line_no} has no 'messages' list")
-            messages = [_resolve_message(m, root) for m in record["messages"]]
-            self.conversations.append(Conversation(messages, record.get("tools")))
+            messages, tools = record_to_conversation(record, f"{self.path}:{line_no}")
+            messages = [_resolve_message(m, root) for m in messages]
+            self.conversations.append(Conversation(messages, tools))
         if not self.conversations:
             raise ValueError(f"{self.path} holds no conversations")
         self.num_examples = len(self.conversations)
