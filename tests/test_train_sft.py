@@ -195,3 +195,25 @@ def test_resume_auto_in_the_same_folder_keeps_one_log_line_per_step(base, data, 
     assert sorted(resumed.losses) == [3, 4]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_a_hub_id_base_exports_with_its_tokenizer_and_templates(base, data, tmp_path, monkeypatch):
+    """`--model owner/name` (here from a pre-filled hub cache, offline): the export must carry the snapshot's side
+    files, or the fine-tuned folder could not be loaded."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny--base" / "snapshots" / ("0" * 40)
+    shutil.copytree(base, snapshot)
+    (cache / "models--tiny--base" / "refs").mkdir()
+    (cache / "models--tiny--base" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = train_sft(SFTConfig(model="tiny/base", out_dir=str(tmp_path / "run"), data=data[0], batch_size=2,
+                                 max_steps=1, bf16=False, progress=False))
+    for name in ("tokenizer.json", "chat_template.json", "preprocessor_config.json", "generation_config.json"):
+        assert (result.export_dir / name).is_file(), name
+    assert qwen3vl.LLM(str(result.export_dir), device="cpu", kv_cache_gb=0.05).chat(
+        [{"role": "user", "content": "hi"}], max_tokens=2).token_ids

@@ -20,7 +20,10 @@ SIDE_FILES: tuple[str, ...] = (
 
 
 def copy_side_files(base: str | Path, out: str | Path) -> list[str]:
-    base, out = Path(base), Path(out)
+    """Copy the side files of `base` (a folder, or a hub id: its cached snapshot) into `out`."""
+    from qwen3vl.weights.hub import resolve_checkpoint
+
+    base, out = resolve_checkpoint(base), Path(out)
     copied = []
     for name in SIDE_FILES:
         if (base / name).is_file() and (base / name).resolve() != (out / name).resolve():

@@ -206,6 +206,7 @@ def train_sft(cfg: SFTConfig, source: Source | None = None, eval_source: Source 
     from qwen3vl.processing.processor import load_processor
     from qwen3vl.train.optim import build_optimizer, build_scheduler
     from qwen3vl.train.resume import TrainerState, checkpoint_dir, load_state, save_state
+    from qwen3vl.weights.hub import resolve_checkpoint
 
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,8 +218,9 @@ def train_sft(cfg: SFTConfig, source: Source | None = None, eval_source: Source 
         eval_source = JsonlSource(cfg.eval_data)
 
     torch.manual_seed(cfg.seed)
-    processor = load_processor(cfg.model)
-    model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
+    folder = resolve_checkpoint(cfg.model)  # a hub id: its (downloaded or cached) snapshot
+    processor = load_processor(folder)
+    model = load_model(folder, dtype=torch.float32, device=cfg.device)
     trainable = setup_model(model, cfg)
     n_train = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
     log.info("training %d tensors, %.2fM parameters (%s%s)", len(trainable), n_train / 1e6, ",".join(cfg.train),
