@@ -51,6 +51,8 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frequency-penalty", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--json-mode", action="store_true", default=None,
+                   help="constrain the answer to one valid JSON object")
 
 
 def bundled_model() -> str:
@@ -90,7 +92,7 @@ def build_llm(args: argparse.Namespace):
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "min_p",
                                           "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
-                                          "stop")}
+                                          "stop", "json_mode")}
 
 
 def user_message(prompt: str, images: list[str], videos: list[str]) -> dict[str, Any]:

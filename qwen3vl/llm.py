@@ -26,7 +26,8 @@ from qwen3vl.engine.sequence import MediaItem, Sequence
 log = logging.getLogger(__name__)
 
 _SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-                  "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "n", "logprobs")
+                  "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "n", "logprobs",
+                  "json_mode")
 _MEDIA_KEYS = ("min_pixels", "max_pixels", "fps", "max_frames", "min_frames", "total_pixels")
 
 
@@ -131,8 +132,10 @@ class LLM:
         self.sampling_defaults = from_generation_config(gen_cfg)
         eos = gen_cfg.get("eos_token_id", list(self.tokenizer.special.stop))
         self.eos_token_ids = sorted({eos} if isinstance(eos, int) else set(eos) or set(self.tokenizer.special.stop))
+        think_end = self.tokenizer.token_to_id("</think>") if self.thinking else None
         self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode,
-                             runner=self._parallel.runner if self._parallel else None)
+                             runner=self._parallel.runner if self._parallel else None,
+                             token_bytes=self.tokenizer.text_bytes, json_after=think_end)
 
     def close(self) -> None:
         """Stop the tensor-parallel worker ranks (nothing to do for a single-process LLM); safe to call twice."""

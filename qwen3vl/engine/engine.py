@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from qwen3vl.engine.block_manager import BlockManager
+from qwen3vl.engine.constrain import JsonConstraint
 from qwen3vl.engine.runner import KVCache, ModelRunner
 from qwen3vl.engine.sampling import SamplingParams, sample
 from qwen3vl.engine.scheduler import Scheduler
@@ -51,8 +52,13 @@ class StepOutput:
 
 class Engine:
     def __init__(self, model, eos_token_ids: list[int], config: EngineConfig | None = None,
-                 decode: Callable[[list[int]], str] | None = None, runner=None):
+                 decode: Callable[[list[int]], str] | None = None, runner=None,
+                 token_bytes: Callable[[int], bytes | None] | None = None, json_after: int | None = None):
+        """`token_bytes(id)` (a token's bytes, None for special tokens) enables JSON mode (`params.json_mode`);
+        `json_after` is the token after which the JSON starts (a Thinking model's `</think>`), None: at once."""
         self.model = model
+        self.token_bytes = token_bytes
+        self.json_after = json_after
         self.config = cfg = config or EngineConfig()
         tc = model.config.text_config
         num_blocks = cfg.num_blocks or max(
@@ -88,6 +94,8 @@ class Engine:
                 f"the prompt has {n} tokens, but the context allows at most {self.max_model_len - 1} prompt tokens "
                 f"(max_model_len {self.max_model_len}, KV cache {self.capacity} tokens)")
         positions, delta = self._positions(n, media, kinds)
+        if params.json_mode and self.token_bytes is None:
+            raise ValueError("json_mode needs the engine to know the token bytes (Engine(token_bytes=...))")
         seqs = []
         for i in range(params.n):
             gen = None
@@ -96,6 +104,9 @@ class Engine:
                 gen.manual_seed(params.seed + i if params.seed is not None else torch.seed())
             seq = Sequence(prompt_ids=list(prompt_ids), params=params, prompt_positions=positions, rope_delta=delta,
                            media=media, request_id=request_id, generator=gen, arrival=time.monotonic())
+            if params.json_mode:
+                seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
+                                                activate_after=self.json_after)
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = seqs
@@ -154,7 +165,11 @@ class Engine:
         banned = None
         if len(seq.output_ids) < p.min_tokens:
             banned = sorted(self.eos_token_ids | set(p.stop_token_ids))
-        s = sample(logits, p, seq.prompt_ids, seq.output_ids, seq.generator, banned)
+        constraint = seq.constraint
+        s = sample(logits, p, seq.prompt_ids, seq.output_ids, seq.generator, banned,
+                   allowed=constraint.allows if constraint is not None else None)
+        if constraint is not None:
+            constraint.advance(s.token)
         seq.output_ids.append(s.token)
         if p.logprobs is not None:
             seq.logprobs.append((s.logprob, s.top))

@@ -8,6 +8,7 @@ Penalties follow the usual semantics: `repetition_penalty` (multiplicative, over
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,7 @@ class SamplingParams:
     min_tokens: int = 0
     n: int = 1
     logprobs: int | None = None  # how many top alternatives to report per token (0: only the chosen one)
+    json_mode: bool = False  # constrain the answer to one valid JSON object (engine/constrain.py)
 
     def validate(self) -> "SamplingParams":
         def bad(name: str, why: str):
@@ -118,18 +120,60 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return x
 
 
+MAX_REDRAWS = 16  # constrained sampling: rejected draws before the candidates are checked all at once
+CANDIDATES = 1024  # ... that many of the best tokens
+
+
+def _first_allowed(x: torch.Tensor, allowed: Callable[[int], bool]) -> int:
+    """The highest-scoring allowed token: the top 64 first, then the whole vocabulary in order. When none is allowed
+    (min_tokens banning the end of a finished object, say), the best token: the constraint then gives up."""
+    for k in (min(64, x.shape[-1]), x.shape[-1]):
+        for token in torch.topk(x, k).indices.tolist():
+            if x[token] != float("-inf") and allowed(token):
+                return token
+    return int(torch.argmax(x))
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None, allowed: Callable[[int], bool] | None) -> int | None:
+    """A draw from `probs` restricted to allowed tokens. Rejected draws are removed and redrawn, which samples exactly
+    the restricted distribution; after MAX_REDRAWS rejections the best CANDIDATES tokens with mass are checked at
+    once and the draw is made among the allowed ones. None when none of them is allowed."""
+    if allowed is None:
+        return int(torch.multinomial(probs, 1, generator=generator))
+    probs = probs.clone()
+    for _ in range(MAX_REDRAWS):
+        if not probs.sum() > 0:
+            return None
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        if allowed(token):
+            return token
+        probs[token] = 0
+    top = torch.topk(probs, min(CANDIDATES, probs.shape[-1]))
+    keep = [i for v, i in zip(top.values.tolist(), top.indices.tolist()) if v > 0 and allowed(i)]
+    if not keep:
+        return None
+    weights = probs[keep]
+    return keep[int(torch.multinomial(weights, 1, generator=generator))]
+
+
 def sample(logits: torch.Tensor, p: SamplingParams, prompt_ids: list[int], output_ids: list[int],
-           generator: torch.Generator | None, banned: list[int] | None = None) -> SampleOutput:
-    """Pick the next token from one sequence's logits (V,) (any float dtype)."""
+           generator: torch.Generator | None, banned: list[int] | None = None,
+           allowed: Callable[[int], bool] | None = None) -> SampleOutput:
+    """Pick the next token from one sequence's logits (V,) (any float dtype). `allowed(token)`, when given, is a
+    constraint (JSON mode): only tokens it accepts are picked; it is asked about candidates only, best first."""
     x = apply_penalties(logits.float(), p, prompt_ids, output_ids)
     if banned:
         x = x.clone()
         x[banned] = float("-inf")
     if p.greedy:
         token = int(torch.argmax(x))
+        if allowed is not None and not allowed(token):
+            token = _first_allowed(x, allowed)
     else:
         probs = filter_logits(x, p).softmax(-1)
-        token = int(torch.multinomial(probs, 1, generator=generator))
+        token = _draw(probs, generator, allowed)
+        if token is None:  # the filtered set holds no allowed token (or it is very unlikely): the best allowed one
+            token = _first_allowed(x, allowed)
     if p.logprobs is None:
         return SampleOutput(token)
     logprobs = x.log_softmax(-1)  # reported on the penalised, unscaled distribution

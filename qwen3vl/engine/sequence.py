@@ -61,6 +61,7 @@ class Sequence:
     logprobs: list = field(default_factory=list)
     stop_text: str | None = None
     block_hashes: list = field(default_factory=list)  # memo for BlockManager.block_hashes
+    constraint: Any = None  # JSON mode: a constrain.JsonConstraint
 
     @property
     def num_tokens(self) -> int:

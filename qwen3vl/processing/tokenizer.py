@@ -163,6 +163,12 @@ class Tokenizer:
         table = _byte_decoder()
         return b"".join(bytes([table[c]]) if c in table else c.encode() for c in token)
 
+    def text_bytes(self, token_id: int) -> bytes | None:
+        """A token's bytes if it is ordinary text; None for added (special, tool, think) tokens and unknown ids."""
+        if token_id in self._added_text or self._tk.id_to_token(token_id) is None:
+            return None
+        return self.token_bytes(token_id)
+
     def incremental_decoder(self, skip_special_tokens: bool = False) -> IncrementalDecoder:
         return IncrementalDecoder(self, skip_special_tokens)
 

@@ -51,12 +51,16 @@ def settings_from_args(args: argparse.Namespace):
     from qwen3vl.serve.app import ServeSettings
 
     names = args.served_model_name or [args.model or "qwen3vl-demo"]
+    defaults = sampling_kwargs(args)
+    if defaults.pop("json_mode", None):
+        raise SystemExit("error: --json-mode is chosen per request when serving: send response_format "
+                         '{"type": "json_object"}')
     return ServeSettings(
         served_model_names=names, api_key=args.api_key or os.environ.get("QWEN3VL_API_KEY") or None,
         max_queue=args.max_queue, request_timeout=args.request_timeout, allow_remote_media=args.allow_remote_media,
         allowed_local_media_path=args.allowed_local_media_path, remote_media_timeout=args.remote_media_timeout,
         max_remote_media_mb=args.max_remote_media_mb, max_request_mb=args.max_request_mb,
-        preprocess_workers=args.preprocess_workers, sampling_defaults=sampling_kwargs(args))
+        preprocess_workers=args.preprocess_workers, sampling_defaults=defaults)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -9,8 +9,9 @@ What the server adds to a chat (documented in docs/SERVING.md):
 * `"required"` / a named function on an Instruct model prefills the assistant turn with the call's opening, so
   the model must write a call (of that function); on a Thinking model, which has to think first, a system note
   asks for the call instead;
-* `response_format` `json_object` / `json_schema` adds a system note asking for one JSON object (with the schema);
-  the non-streamed answer is then checked (see `outputs.check_json`).
+* `response_format` `json_object` / `json_schema` adds a system note asking for one JSON object (with the schema)
+  and, when no tools are offered, constrains decoding to one syntactically valid JSON object (`engine/constrain.py`;
+  the schema itself is not enforced); the non-streamed answer is then checked (see `outputs.check_json`).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
         if schema is not None:
             note += " It must follow this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
         notes.append(note)
+    if json_mode and tools is None and not prefix:
+        params.json_mode = True  # decoding constrained to one JSON object (engine/constrain.py)
     if notes:
         messages = add_system_note(messages, "\n".join(notes))
     spec = ChatSpec(tools=tools, tool_choice_none=tools is None, prefix=prefix,

@@ -80,9 +80,10 @@ class ScriptedSampler:
     def say(self, text: str | None) -> None:
         self.script = None if text is None else self.tokenizer.encode(text)
 
-    def __call__(self, logits, p, prompt_ids, output_ids, generator, banned=None) -> SampleOutput:
+    def __call__(self, logits, p, prompt_ids, output_ids, generator, banned=None, allowed=None) -> SampleOutput:
+        """A script overrides any constraint (JSON mode then gives up, as when nothing allowed is left)."""
         if self.script is None:
-            return self._real(logits, p, prompt_ids, output_ids, generator, banned)
+            return self._real(logits, p, prompt_ids, output_ids, generator, banned, allowed)
         i = len(output_ids)
         token = self.script[i] if i < len(self.script) else self.eos
         return SampleOutput(token, 0.0 if p.logprobs is not None else None, [(token, 0.0)] if p.logprobs else None)
