@@ -179,3 +179,22 @@ def test_json_mode_ends_with_a_parsable_object(llm, monkeypatch):
         assert isinstance(json.loads(r.text), dict), r.text
         assert r.token_ids[-1] in llm.eos_token_ids or r.text.endswith("}")
     assert len({r.text for r in stopped}) > 1
+
+
+def test_min_tokens_gives_way_to_a_finished_object_and_ignore_eos_is_refused(llm, monkeypatch):
+    import qwen3vl.engine.engine as engine_module
+
+    tok = llm.tokenizer
+    close = tok.encode("}")[0]
+    real = engine_module.sample
+
+    def nudged(logits, *args, **kwargs):
+        logits = logits.clone()
+        logits[close] += 30.0  # "{}" at once
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample", nudged)
+    r = llm.chat([{"role": "user", "content": "JSON"}], max_tokens=30, min_tokens=20, temperature=0, json_mode=True)
+    assert (r.text, r.finish_reason) == ("{}", "stop")
+    with pytest.raises(ValueError, match="ignore_eos cannot be combined with json_mode"):
+        llm.chat([{"role": "user", "content": "JSON"}], max_tokens=5, ignore_eos=True, json_mode=True)

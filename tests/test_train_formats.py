@@ -63,10 +63,16 @@ def test_llava_record_equals_our_own_format(tmp_path, processor):
 
 def test_media_without_placeholders_go_first_and_videos_as_frames(tmp_path):
     messages, _ = record_to_conversation(
-        {"video": ["f0.png", "f1.png"], "conversations": [{"from": "human", "value": "What happens?"},
-                                                          {"from": "gpt", "value": "Nothing."}]}, "x")
+        {"videos": [["f0.png", "f1.png"]], "conversations": [{"from": "human", "value": "What happens?"},
+                                                             {"from": "gpt", "value": "Nothing."}]}, "x")
     assert messages[0]["content"] == [{"type": "video", "video": ["f0.png", "f1.png"]},
                                       {"type": "text", "text": "What happens?"}]
+    # Qwen's own layout: a "video" list holds several videos, one per <video>
+    messages, _ = record_to_conversation(
+        {"video": ["a.mp4", "b.mp4"], "conversations": [{"from": "human", "value": "<video>\n<video>\nSame?"},
+                                                        {"from": "gpt", "value": "No."}]}, "x")
+    assert messages[0]["content"] == [{"type": "video", "video": "a.mp4"}, {"type": "video", "video": "b.mp4"},
+                                      {"type": "text", "text": "Same?"}]
     text_only = {"messages": [{"role": "user", "content": "Write <video> tags"},
                               {"role": "assistant", "content": "<video src=a.mp4>"}]}
     assert record_to_conversation(text_only, "x")[0] == text_only["messages"]  # no media: literal text stays
@@ -95,6 +101,8 @@ def test_sharegpt_tool_turns(tmp_path):
     ({"conversations": [{"from": "human", "value": 3}]}, "needs a string 'value'"),
     ({"prompt": "hi"}, "data.jsonl:1 has neither a 'messages' nor a 'conversations' list"),
     ({"tools": "{not json", "messages": []}, "'tools' is a string but not JSON"),
+    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "[1, 2]"}]},
+     r"conversations\[1\] \(function_call\) must be an object with a 'name'"),
 ])
 def test_bad_records_are_named(tmp_path, record, message):
     _write(tmp_path / "data.jsonl", [record])

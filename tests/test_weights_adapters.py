@@ -157,6 +157,9 @@ Q0 = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
      {f"{Q0}.lora_A.weight": torch.zeros(2, 64), f"{Q0}.lora_B.weight": torch.zeros(64, 2),
       f"{Q0}.lora_magnitude_vector": torch.ones(64)}, "DoRA"),
     ({"peft_type": "LORA", "r": 0, "lora_alpha": 4}, {}, "r must be a positive"),
+    ({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "init_lora_weights": "pissa_niter_4"}, {},
+     "init_lora_weights='pissa_niter_4' changes the base weights"),
+    ({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "init_lora_weights": "olora"}, {}, "olora"),
 ])
 def test_unsupported_or_broken_adapters_are_refused_by_name(tmp_path, config, tensors, message):
     _write_adapter(tmp_path / "a", config, tensors or {f"{Q0}.lora_A.weight": torch.zeros(2, 64),
@@ -216,3 +219,32 @@ def test_cli_run_with_an_adapter_and_with_a_bad_one(tmp_path, capsys):
     _write_adapter(tmp_path / "dora", {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "use_dora": True}, {})
     with pytest.raises(SystemExit, match="DoRA"):
         main(["run", "--model", str(folder), "--lora", str(tmp_path / "dora"), "hi"])
+
+
+def test_fan_in_fan_out_is_ignored_as_peft_ignores_it_for_linear_layers(tmp_path):
+    folder, hf = _base(tmp_path)
+    _peft_adapter(hf, tmp_path / "adapter", r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    plain = qwen3vl.load_model(folder)
+    merge_adapter(plain, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(dict(config, fan_in_fan_out=True)))
+    flagged = qwen3vl.load_model(folder)
+    merge_adapter(flagged, tmp_path / "adapter")
+    for (name, a), (_, b) in zip(plain.state_dict().items(), flagged.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_peft_rslora_adapter_can_be_trained_further(tmp_path):
+    folder, hf = _base(tmp_path)
+    inputs = _inputs(2)
+    peft_model = _peft_adapter(hf, tmp_path / "adapter", r=4, lora_alpha=8, use_rslora=True,
+                               target_modules=["q_proj", "up_proj"])
+    with torch.no_grad():
+        want = peft_model(**inputs).logits
+    ours = qwen3vl.load_model(folder)
+    cfg = load_adapter(ours, tmp_path / "adapter")
+    assert cfg.rank == 4 and abs(cfg.scaling - 8 / 2) < 1e-9  # rsLoRA: alpha / sqrt(r)
+    assert all(p.requires_grad == n.endswith((".lora_A", ".lora_B")) for n, p in ours.named_parameters())
+    with torch.no_grad():
+        got = ours.eval()(**ours_kwargs(inputs)).logits
+    assert _max_diff(got, want, inputs["attention_mask"]) <= 1e-4

@@ -162,10 +162,10 @@ class Engine:
 
     def _sample(self, seq: Sequence, logits: torch.Tensor) -> StepOutput:
         p = seq.params
-        banned = None
-        if len(seq.output_ids) < p.min_tokens:
-            banned = sorted(self.eos_token_ids | set(p.stop_token_ids))
         constraint = seq.constraint
+        banned = None
+        if len(seq.output_ids) < p.min_tokens and not (constraint is not None and constraint.complete):
+            banned = sorted(self.eos_token_ids | set(p.stop_token_ids))  # a finished JSON object ends regardless
         s = sample(logits, p, seq.prompt_ids, seq.output_ids, seq.generator, banned,
                    allowed=constraint.allows if constraint is not None else None)
         if constraint is not None:

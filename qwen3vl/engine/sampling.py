@@ -59,6 +59,8 @@ class SamplingParams:
             bad("logprobs", "must be in [0, 20]")
         if self.min_tokens < 0:
             bad("min_tokens", "must be >= 0")
+        if self.json_mode and self.ignore_eos:
+            bad("ignore_eos", "cannot be combined with json_mode (the answer ends with its JSON object)")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         return self
@@ -127,10 +129,16 @@ CANDIDATES = 1024  # ... that many of the best tokens
 def _first_allowed(x: torch.Tensor, allowed: Callable[[int], bool]) -> int:
     """The highest-scoring allowed token: the top 64 first, then the whole vocabulary in order. When none is allowed
     (min_tokens banning the end of a finished object, say), the best token: the constraint then gives up."""
-    for k in (min(64, x.shape[-1]), x.shape[-1]):
-        for token in torch.topk(x, k).indices.tolist():
-            if x[token] != float("-inf") and allowed(token):
-                return token
+    x = x.float().cpu()  # one transfer, not one device sync per candidate
+    top = torch.topk(x, min(64, x.shape[-1])).indices.tolist()
+    for token in top:
+        if x[token] != float("-inf") and allowed(token):
+            return token
+    tried = set(top)
+    finite = torch.nonzero(x > float("-inf")).flatten()
+    for token in finite[torch.argsort(x[finite], descending=True)].tolist():
+        if token not in tried and allowed(token):
+            return token
     return int(torch.argmax(x))
 
 
@@ -140,7 +148,7 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None, allowed: Calla
     once and the draw is made among the allowed ones. None when none of them is allowed."""
     if allowed is None:
         return int(torch.multinomial(probs, 1, generator=generator))
-    probs = probs.clone()
+    probs = probs.detach().to("cpu", torch.float32, copy=True)  # redraws then cost no device syncs
     for _ in range(MAX_REDRAWS):
         if not probs.sum() > 0:
             return None

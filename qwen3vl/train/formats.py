@@ -31,9 +31,8 @@ def _media_list(record: dict[str, Any], kind: str) -> list[Any]:
     value = record.get(kind + "s", record.get(kind))
     if value is None:
         return []
-    if kind == "video" and isinstance(value, list) and value and all(isinstance(v, str) for v in value) \
-            and kind + "s" not in record:
-        return [value]  # "video": [frame paths] is one video given as frames
+    # a list is several media, one per placeholder (as Qwen's fine-tuning code reads it); a video given as frames
+    # is a list inside it: "videos": [["f0.jpg", "f1.jpg", ...]]
     return list(value) if isinstance(value, list) else [value]
 
 
@@ -99,10 +98,13 @@ def _sharegpt_turn(turn: Any, k: int, where: str) -> dict[str, Any]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: conversations[{k}] (function_call) is not JSON: {e}") from None
         calls = call if isinstance(call, list) else [call]
+        if not calls or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
+            raise ValueError(f"{where}: conversations[{k}] (function_call) must be an object with a 'name' (or a "
+                             "list of them)")
         return {"role": "assistant", "content": "",
-                "tool_calls": [{"type": "function", "function": {"name": c.get("name"),
+                "tool_calls": [{"type": "function", "function": {"name": c["name"],
                                                                  "arguments": c.get("arguments", {})}}
-                               for c in calls if isinstance(c, dict)]}
+                               for c in calls]}
     return {"role": ROLES[role], "content": value}
 
 

@@ -147,8 +147,8 @@ def save_adapter(model: nn.Module, folder: str | Path, cfg: LoRAConfig, base_mod
 def load_adapter(model: nn.Module, folder: str | Path) -> LoRAConfig:
     """Wrap `model` as a saved adapter describes and load its A/B weights (in place), to go on training it.
 
-    Any peft LoRA adapter with one rank and alpha for all its modules works; to use an adapter for inference,
-    `qwen3vl.weights.adapters.merge_adapter` folds it in instead.
+    Any peft LoRA adapter on linear layers with one rank and one scale for all its modules works (rsLoRA too); to
+    use an adapter for inference, `qwen3vl.weights.adapters.merge_adapter` folds it in instead.
     """
     from qwen3vl.weights.adapters import AdapterError, read_adapter
 
@@ -158,9 +158,13 @@ def load_adapter(model: nn.Module, folder: str | Path) -> LoRAConfig:
                            "LoRA biases); it can be merged (merge_adapter) but not trained further here")
     if CONFIG_METADATA in adapter.metadata:
         cfg = LoRAConfig(**json.loads(adapter.metadata[CONFIG_METADATA]))
-    else:
-        c = adapter.config
-        cfg = LoRAConfig(rank=int(c["r"]), alpha=float(c["lora_alpha"]), dropout=float(c.get("lora_dropout") or 0.0),
+    else:  # a peft adapter: one rank and one scale for all modules (rsLoRA's alpha/sqrt(r) becomes alpha' = s * r)
+        ranks, scales = {p.rank for p in adapter.pairs}, {p.scale for p in adapter.pairs}
+        if len(ranks) != 1 or max(scales) - min(scales) > 1e-9 * max(scales):
+            raise AdapterError(f"{folder}: per-module ranks or scales (rank_pattern/alpha_pattern) cannot be trained "
+                               "further here; merge the adapter instead (merge_adapter)")
+        rank, scale = ranks.pop(), scales.pop()
+        cfg = LoRAConfig(rank=rank, alpha=scale * rank, dropout=float(adapter.config.get("lora_dropout") or 0.0),
                          targets=tuple(re.escape(p.module) for p in adapter.pairs))
     if not lora_modules(model):
         apply_lora(model, cfg)

@@ -9,8 +9,9 @@ weight's dtype), with s = lora_alpha / r, or lora_alpha / sqrt(r) for rsLoRA, an
 honoured per module. Embedding adapters (`lora_embedding_A/B`), LoRA biases (`lora_bias`), and whole tensors the
 adapter carries (`modules_to_save`, or the base `lm_head`/`embed_tokens` peft saves next to their adapters) are
 handled. What changes the model in ways a merge cannot express (DoRA, adapters on raw parameters such as fused MoE
-experts, layer replication, trainable token indices, other peft methods) is refused with an `AdapterError` naming
-the setting, never merged approximately.
+experts, layer replication, trainable token indices, PiSSA/OLoRA/CorDA/LoRA-GA/LoftQ initialisations that also
+rewrite the base weights, other peft methods) is refused with an `AdapterError` naming the setting, never merged
+approximately.
 
 A tied LM head is untied before either side of it changes, so an adapter on `embed_tokens` does not leak into the
 output projection (or the other way round): the merged model computes what peft's unmerged adapter computes.
@@ -95,6 +96,11 @@ def _check_config(config: dict[str, Any], source: Path) -> None:
     for key, what in UNSUPPORTED.items():
         if config.get(key):
             raise AdapterError(f"{source}: {what} is not supported: it cannot be folded into the base weights")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and (init.startswith("pissa") or init in ("olora", "corda", "lora_ga", "loftq")):
+        raise AdapterError(f"{source}: init_lora_weights={init!r} changes the base weights as well as adding the "
+                           "adapter; convert the adapter first (peft's path_initial_model_for_weight_conversion) "
+                           "so it applies to the original base")
     for key in ("r", "lora_alpha"):
         if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
             raise AdapterError(f"{source}: {key} must be a positive number, got {config.get(key)!r}")
@@ -131,7 +137,9 @@ def read_adapter(path: str | Path, revision: str | None = None) -> Adapter:
         raise AdapterError(f"{weights}: DoRA magnitude vectors found; DoRA is not supported")
     r, alpha = config["r"], config["lora_alpha"]
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
-    rslora, fan_in_fan_out = bool(config.get("use_rslora")), bool(config.get("fan_in_fan_out"))
+    # fan_in_fan_out only concerns GPT-2-style Conv1D layers, which Qwen3-VL has none of (peft turns it off for
+    # nn.Linear targets and keeps A (r, I), B (O, r) either way), so it is ignored like peft ignores it
+    rslora = bool(config.get("use_rslora"))
     adapter = Adapter(folder=folder, config=config, metadata=metadata)
     used: set[str] = set()
     for key in sorted(raw):
@@ -152,8 +160,6 @@ def read_adapter(path: str | Path, revision: str | None = None) -> Adapter:
                 raise AdapterError(f"{weights}: {module} has rank {A.shape[0]}, but the config says r={rank}")
             a = _pattern_value(alpha_pattern, module, alpha)
             scale = a / math.sqrt(rank) if rslora else a / rank
-            if fan_in_fan_out and not embedding:  # Conv1D-style weights (in, out): swap the pair's roles
-                A, B = B.T.contiguous(), A.T.contiguous()
             bias = raw.get(module + ".lora_B.bias")
             adapter.pairs.append(LoRAPair(module, A, B, scale, bias, embedding))
             used.update({key, b_key} | ({module + ".lora_B.bias"} if bias is not None else set()))
