@@ -76,9 +76,6 @@ def build_llm(args: argparse.Namespace):
     from qwen3vl.weights.adapters import AdapterError
     from qwen3vl.weights.hub import ModelNotFoundError
 
-    if args.lora and args.tensor_parallel_size > 1:
-        raise SystemExit("error: --lora with --tensor-parallel-size > 1 is not supported: merge the adapter into a "
-                         "model folder first (qwen3vl train merge --model M --adapter A --out DIR)")
     media = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "fps": args.fps,
              "max_frames": args.max_frames}
     try:

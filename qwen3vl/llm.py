@@ -109,8 +109,10 @@ class LLM:
                               vision_cache_bytes=vision_cache_mb * 1024**2)
         adapters = [lora] if isinstance(lora, (str, Path)) else list(lora or [])
         if adapters and tensor_parallel_size > 1:
-            raise ValueError("lora= with tensor_parallel_size > 1 is not supported: merge the adapter into a model "
-                             "folder first (`qwen3vl train merge --model M --adapter A --out DIR`) and load that")
+            from qwen3vl.weights.adapters import AdapterError
+
+            raise AdapterError("LoRA adapters with tensor_parallel_size > 1 are not supported: merge them into a "
+                               "model folder first (qwen3vl train merge --model M --adapter A --out DIR) and load that")
         self._parallel = None
         if tensor_parallel_size > 1:  # other torchrun ranks never return from here (docs/PARALLEL.md)
             from qwen3vl.parallel.launch import start_tensor_parallel
@@ -123,7 +125,7 @@ class LLM:
                 from qwen3vl.weights.adapters import merge_adapter
 
                 for adapter in adapters:  # peft LoRA adapters, folded into the weights in the order given
-                    merge_adapter(self.model, adapter, revision=None)
+                    merge_adapter(self.model, adapter)
         self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media)
         self.tokenizer = self.processor.tokenizer
         self.thinking = self.processor.chat_format == "thinking"

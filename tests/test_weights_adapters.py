@@ -219,6 +219,8 @@ def test_cli_run_with_an_adapter_and_with_a_bad_one(tmp_path, capsys):
     _write_adapter(tmp_path / "dora", {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "use_dora": True}, {})
     with pytest.raises(SystemExit, match="DoRA"):
         main(["run", "--model", str(folder), "--lora", str(tmp_path / "dora"), "hi"])
+    with pytest.raises(SystemExit, match="tensor_parallel_size > 1 are not supported"):
+        main(["run", "--model", str(folder), "--lora", str(tmp_path / "adapter"), "--tensor-parallel-size", "2", "hi"])
 
 
 def test_fan_in_fan_out_is_ignored_as_peft_ignores_it_for_linear_layers(tmp_path):

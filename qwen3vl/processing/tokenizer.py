@@ -94,6 +94,12 @@ def _byte_decoder() -> dict[str, int]:
     return mapping
 
 
+def _bpe_bytes(token: str) -> bytes:
+    """A byte-level BPE vocabulary entry back to the bytes it stands for."""
+    table = _byte_decoder()
+    return b"".join(bytes([table[c]]) if c in table else c.encode() for c in token)
+
+
 def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
@@ -160,14 +166,12 @@ class Tokenizer:
         token = self._tk.id_to_token(token_id)
         if token is None:
             raise ValueError(f"token id {token_id} is not in the vocabulary (size {self.vocab_size})")
-        table = _byte_decoder()
-        return b"".join(bytes([table[c]]) if c in table else c.encode() for c in token)
+        return _bpe_bytes(token)
 
     def text_bytes(self, token_id: int) -> bytes | None:
         """A token's bytes if it is ordinary text; None for added (special, tool, think) tokens and unknown ids."""
-        if token_id in self._added_text or self._tk.id_to_token(token_id) is None:
-            return None
-        return self.token_bytes(token_id)
+        token = None if token_id in self._added_text else self._tk.id_to_token(token_id)
+        return None if token is None else _bpe_bytes(token)
 
     def incremental_decoder(self, skip_special_tokens: bool = False) -> IncrementalDecoder:
         return IncrementalDecoder(self, skip_special_tokens)

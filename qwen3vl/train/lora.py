@@ -124,10 +124,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
-
-
 def save_adapter(model: nn.Module, folder: str | Path, cfg: LoRAConfig, base_model: str | None = None) -> Path:
     """The adapters alone, in peft's format (`adapter_model.safetensors` + `adapter_config.json`): peft's
     `PeftModel.from_pretrained` loads them onto transformers' Qwen3-VL, and `qwen3vl run --lora` merges them.
