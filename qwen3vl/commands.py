@@ -53,6 +53,8 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--json-mode", action="store_true", default=None,
                    help="constrain the answer to one valid JSON object")
+    g.add_argument("--json-schema", type=json_schema_arg, default=None, metavar="SCHEMA",
+                   help="constrain the answer to JSON valid against this JSON schema (inline JSON, or a file)")
 
 
 def bundled_model() -> str:
@@ -92,7 +94,27 @@ def build_llm(args: argparse.Namespace):
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "min_p",
                                           "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
-                                          "stop", "json_mode")}
+                                          "stop", "json_mode", "json_schema")}
+
+
+def json_schema_arg(value: str) -> Any:
+    """--json-schema: inline JSON, or the path of a JSON file; checked here so a bad schema is a usage error."""
+    from qwen3vl.engine.schema import SchemaError, compile_schema
+
+    text = value
+    if not value.lstrip().startswith(("{", "[")) and value not in ("true", "false"):
+        try:
+            text = Path(value).read_text()
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"not inline JSON and not a readable file: {e}") from None
+    try:
+        schema = json.loads(text)
+        compile_schema(schema)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
+    except SchemaError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return schema
 
 
 def user_message(prompt: str, images: list[str], videos: list[str]) -> dict[str, Any]:

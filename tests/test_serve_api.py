@@ -250,6 +250,41 @@ def test_json_response_format_adds_an_instruction_and_constrains_decoding(client
     assert streamed == content
 
 
+def test_json_schema_response_format_is_enforced_and_parse_gives_the_model(client):
+    """The official client's `parse(response_format=<pydantic model>)` (a strict json_schema): the random model's
+    answer is forced into the schema, so the client validates it into the model object."""
+    from typing import Annotated, Literal
+
+    from pydantic import BaseModel, Field
+
+    class Box(BaseModel):
+        label: Literal["cat", "dog"]
+        bbox_2d: Annotated[list[Annotated[int, Field(ge=0, le=1000)]], Field(min_length=4, max_length=4)]
+        visible: bool
+
+    messages = [{"role": "user", "content": "Where is the pet?"}]
+    for seed in (0, 1):
+        r = client.chat.completions.parse(model="tiny", messages=messages, response_format=Box, max_tokens=600,
+                                          temperature=1.0, seed=seed)
+        box = r.choices[0].message.parsed
+        assert isinstance(box, Box) and r.choices[0].finish_reason == "stop", r.choices[0].message.content
+        assert Box.model_validate_json(r.choices[0].message.content) == box
+    # json_object mode alone does not give the schema's document
+    plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=60, temperature=0,
+                                           response_format={"type": "json_object"})
+    with pytest.raises(ValueError):
+        Box.model_validate_json(plain.choices[0].message.content)
+    # a schema that cannot be enforced: a 400 naming the keyword when strict, JSON syntax only otherwise
+    schema = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-z]+$"}}}
+    with pytest.raises(openai.BadRequestError, match="'pattern' is not supported"):
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, response_format={
+            "type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}})
+    loose = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0,
+                                           response_format={"type": "json_schema",
+                                                            "json_schema": {"name": "s", "schema": schema}})
+    assert loose.choices[0].message.content.startswith("{")
+
+
 def test_cli_flags_become_settings():
     import argparse
 

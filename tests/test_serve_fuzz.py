@@ -59,11 +59,26 @@ COMMON = {
     "stop_token_ids": st.lists(st.integers(-5, 400), max_size=2) | anything, "min_tokens": small,
     "ignore_eos": st.booleans() | anything,
 }
+# JSON-schema-like values: valid, unsupported (pattern), unsatisfiable, cyclic ($ref "#") and malformed ones
+schema_like = st.recursive(
+    st.booleans() | st.fixed_dictionaries({}, optional={
+        "type": st.sampled_from(["object", "array", "string", "integer", "number", "null", "x"]) | anything,
+        "minimum": st.integers(-3, 3) | anything, "maxLength": st.integers(-1, 3) | anything, "pattern": st.just("a"),
+        "enum": st.lists(st.integers(0, 2) | st.text(max_size=2), max_size=2) | anything,
+        "$ref": st.sampled_from(["#", "#/x", "#/properties/a", "#/$defs/d"])}),
+    lambda inner: st.fixed_dictionaries({}, optional={
+        "properties": st.dictionaries(st.sampled_from("ab"), inner, max_size=2) | anything, "items": inner,
+        "anyOf": st.lists(inner, max_size=2), "required": st.lists(st.sampled_from("abc"), max_size=2) | anything,
+        "additionalProperties": inner, "$defs": st.fixed_dictionaries({"d": inner})}),
+    max_leaves=6)
+json_schema_format = st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": st.fixed_dictionaries(
+    {"name": st.just("s"), "schema": schema_like}, optional={"strict": st.booleans() | anything})})
 chat_body = st.fixed_dictionaries({"messages": st.lists(message, max_size=3) | anything}, optional={
     **COMMON, "max_completion_tokens": small, "logprobs": st.booleans() | anything,
     "top_logprobs": st.integers(-1, 25) | anything, "tools": st.lists(tool, max_size=2) | anything,
     "tool_choice": st.sampled_from(["none", "auto", "required"]) | anything,
-    "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "xml"])}) | anything,
+    "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "xml"])})
+    | json_schema_format | anything,
     "parallel_tool_calls": st.booleans() | anything, "min_pixels": st.integers(-5, 10**9) | anything,
     "max_pixels": st.integers(-5, 10**9) | anything, "fps": number, "max_frames": small,
 })
@@ -76,12 +91,17 @@ completion_body = st.fixed_dictionaries({"prompt": st.text(max_size=30) | st.lis
 valid_image = st.builds(lambda seed, extra: {"type": "image_url", "image_url": {"url": png_data_uri(seed, 16, 24),
                                                                                  **extra}},
                         st.integers(0, 3), st.dictionaries(st.just("max_pixels"), st.integers(2048, 64 * 64)))
-valid_user = st.fixed_dictionaries({"role": st.just("user"), "content": st.text(max_size=30) | st.lists(
-    st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20)}) | valid_image,
+# valid text: anything but the two private-use characters the chat renderer reserves (refused with a 400)
+valid_text = st.text(st.characters(exclude_characters="\ue000\ue001"), max_size=30)
+valid_user = st.fixed_dictionaries({"role": st.just("user"), "content": valid_text | st.lists(
+    st.fixed_dictionaries({"type": st.just("text"), "text": valid_text}) | valid_image,
     min_size=1, max_size=3)})
 valid_turns = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "assistant"]),
-                                              "content": st.text(max_size=20)}), max_size=2)
+                                              "content": valid_text}), max_size=2)
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+VALID_SCHEMA = {"type": "json_schema", "json_schema": {"name": "s", "strict": True, "schema": {
+    "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["a"],
+    "additionalProperties": False}}}
 valid_chat_body = st.fixed_dictionaries(
     {"messages": st.builds(lambda a, b: a + [b], valid_turns, valid_user), "max_tokens": st.integers(1, 4)},
     optional={"model": st.just("tiny"), "n": st.integers(1, 3), "temperature": st.sampled_from([0, 1e-7, 0.5, 2.0]),
@@ -91,7 +111,7 @@ valid_chat_body = st.fixed_dictionaries(
               "stop": st.lists(st.text(min_size=1, max_size=3), max_size=3), "stream": st.booleans(),
               "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
               "logprobs": st.just(True), "top_logprobs": st.integers(0, 20), "min_tokens": st.integers(0, 4),
-              "tools": st.just(TOOLS), "response_format": st.just({"type": "json_object"}),
+              "tools": st.just(TOOLS), "response_format": st.sampled_from([{"type": "json_object"}, VALID_SCHEMA]),
               "max_pixels": st.integers(2048, 64 * 64), "ignore_eos": st.booleans(), "add_vision_id": st.booleans()})
 
 
@@ -136,6 +156,8 @@ def test_fuzz_completions(server, body):
 def test_fuzz_valid_chat(server, body):
     if body.get("top_logprobs") is not None:
         body["logprobs"] = True
+    if "response_format" in body:
+        body.pop("ignore_eos", None)  # a JSON answer ends with its document: ignore_eos is refused with it (400)
     resp = server[1].post("/v1/chat/completions", json=body)
     _check(resp)
     assert resp.status_code == 200, resp.text

@@ -11,7 +11,8 @@ The sampler (`sampling.sample`) asks only about the tokens it is about to pick, 
 restricted to the allowed tokens). A whole-vocabulary mask is never built, so a step costs a few token checks when
 the model is already writing JSON, as it is asked to in JSON mode.
 
-Limits: the syntax is enforced, not a JSON schema; the answer starts with `{` at once and runs of whitespace are
+With a JSON schema (`schema=`, compiled by `engine/schema.py`) the machine is a `schema.SchemaMachine` and the answer
+is a document valid against the schema. Limits of plain JSON mode: the answer starts with `{` at once and runs of whitespace are
 capped (`WS_BASE + WS_PER_LEVEL * depth`, room for pretty-printing) so a model cannot pad forever; strings are checked for JSON escapes and control characters, not for UTF-8 validity (the model's byte-level
 tokens are UTF-8 by construction). With `activate_after` (a Thinking model's `</think>` id) the constraint starts
 after the reasoning.
@@ -50,6 +51,8 @@ class JsonMachine:
     def complete(state: State) -> bool:
         stack, mode, _, _ = state
         return not stack and (mode == AFTER or mode in NUMBER_ENDS)
+
+    final = complete  # once a value is complete nothing more is written (a top-level number ends there too)
 
     def feed(self, state: State, b: int) -> State | None:
         stack, mode, aux, ws = state
@@ -158,8 +161,13 @@ class JsonConstraint:
     """One sequence's JSON-mode state. `token_bytes(id)` gives a token's bytes, or None for a special token."""
 
     def __init__(self, token_bytes: Callable[[int], bytes | None], end_ids: Iterable[int],
-                 activate_after: int | None = None, top_object: bool = True):
-        self.machine = JsonMachine(top_object)
+                 activate_after: int | None = None, top_object: bool = True, schema=None):
+        if schema is not None:
+            from qwen3vl.engine.schema import SchemaMachine
+
+            self.machine = SchemaMachine(schema)
+        else:
+            self.machine = JsonMachine(top_object)
         self.state: State = self.machine.start()
         self.token_bytes = token_bytes
         self.end_ids = frozenset(end_ids)
@@ -174,9 +182,9 @@ class JsonConstraint:
     def allows(self, token: int) -> bool:
         if not self.active or self.failed:
             return True
-        if self.machine.complete(self.state):
-            return token in self.end_ids
         if token in self.end_ids:
+            return self.machine.complete(self.state)
+        if self.machine.final(self.state):
             return False
         data = self.token_bytes(token)
         return bool(data) and self.machine.run(self.state, data) is not None

@@ -18,6 +18,7 @@ import torch
 
 from qwen3vl.engine.block_manager import BlockManager
 from qwen3vl.engine.constrain import JsonConstraint
+from qwen3vl.engine.schema import compile_schema
 from qwen3vl.engine.runner import KVCache, ModelRunner
 from qwen3vl.engine.sampling import SamplingParams, sample
 from qwen3vl.engine.scheduler import Scheduler
@@ -96,6 +97,7 @@ class Engine:
         positions, delta = self._positions(n, media, kinds)
         if params.json_mode and self.token_bytes is None:
             raise ValueError("json_mode needs the engine to know the token bytes (Engine(token_bytes=...))")
+        schema = compile_schema(params.json_schema) if params.json_mode and params.json_schema is not None else None
         seqs = []
         for i in range(params.n):
             gen = None
@@ -106,7 +108,7 @@ class Engine:
                            media=media, request_id=request_id, generator=gen, arrival=time.monotonic())
             if params.json_mode:
                 seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
-                                                activate_after=self.json_after)
+                                                activate_after=self.json_after, schema=schema)
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = seqs

@@ -32,6 +32,7 @@ class SamplingParams:
     n: int = 1
     logprobs: int | None = None  # how many top alternatives to report per token (0: only the chosen one)
     json_mode: bool = False  # constrain the answer to one valid JSON object (engine/constrain.py)
+    json_schema: dict | bool | None = None  # constrain it to a document valid against this schema (engine/schema.py)
 
     def validate(self) -> "SamplingParams":
         def bad(name: str, why: str):
@@ -59,6 +60,11 @@ class SamplingParams:
             bad("logprobs", "must be in [0, 20]")
         if self.min_tokens < 0:
             bad("min_tokens", "must be >= 0")
+        if self.json_schema is not None:
+            from qwen3vl.engine.schema import compile_schema
+
+            compile_schema(self.json_schema)  # SchemaError (a ValueError) names what cannot be enforced
+            self.json_mode = True
         if self.json_mode and self.ignore_eos:
             bad("ignore_eos", "cannot be combined with json_mode (the answer ends with its JSON object)")
         if isinstance(self.stop, str):

@@ -52,9 +52,9 @@ def settings_from_args(args: argparse.Namespace):
 
     names = args.served_model_name or [args.model or "qwen3vl-demo"]
     defaults = sampling_kwargs(args)
-    if defaults.pop("json_mode", None):
-        raise SystemExit("error: --json-mode is chosen per request when serving: send response_format "
-                         '{"type": "json_object"}')
+    if defaults.pop("json_mode", None) or defaults.pop("json_schema", None) is not None:
+        raise SystemExit("error: --json-mode/--json-schema are chosen per request when serving: send "
+                         'response_format {"type": "json_object"} or {"type": "json_schema", ...}')
     return ServeSettings(
         served_model_names=names, api_key=args.api_key or os.environ.get("QWEN3VL_API_KEY") or None,
         max_queue=args.max_queue, request_timeout=args.request_timeout, allow_remote_media=args.allow_remote_media,

@@ -10,18 +10,23 @@ What the server adds to a chat (documented in docs/SERVING.md):
   the model must write a call (of that function); on a Thinking model, which has to think first, a system note
   asks for the call instead;
 * `response_format` `json_object` / `json_schema` adds a system note asking for one JSON object (with the schema)
-  and, when no tools are offered, constrains decoding to one syntactically valid JSON object (`engine/constrain.py`;
-  the schema itself is not enforced); the non-streamed answer is then checked (see `outputs.check_json`).
+  and, when no tools are offered, constrains decoding: to one syntactically valid JSON object (`json_object`,
+  `engine/constrain.py`), or to a document valid against the schema (`json_schema`, `engine/schema.py`). A schema
+  the decoder cannot enforce (a `pattern`, say) is a 400 naming the keyword when `strict` is true; otherwise the
+  answer is constrained to JSON syntax only and a warning is logged. The non-streamed answer is then checked (see
+  `outputs.check_json`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from qwen3vl.engine.engine import PromptTooLongError
 from qwen3vl.engine.sampling import SamplingParams
+from qwen3vl.engine.schema import SchemaError, compile_schema
 from qwen3vl.llm import LLM, media_items
 from qwen3vl.processing.messages import normalize_messages
 from qwen3vl.serve.errors import bad_request
@@ -30,6 +35,7 @@ from qwen3vl.serve.media import MediaPolicy, apply_request_options, check_media
 from qwen3vl.serve.outputs import ChatChoice, ChatSpec, TextChoice
 from qwen3vl.serve.schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
 
+log = logging.getLogger("qwen3vl.serve")
 _SAMPLING_EPS = 1e-5  # below this a temperature is greedy: dividing logits by it overflows
 
 
@@ -48,6 +54,18 @@ def sampling_params(llm: LLM, fields: dict[str, Any], server_defaults: dict[str,
     except (ValueError, TypeError) as e:
         name = str(e).split(" ", 1)[0]  # SamplingParams.validate names the field first
         raise bad_request(str(e), name if name in values else None) from None
+
+
+def enforceable_schema(schema: Any, strict: bool) -> Any:
+    """The schema to constrain decoding with, or None (syntax only) when a non-strict schema cannot be enforced."""
+    try:
+        compile_schema(schema)
+    except SchemaError as e:
+        if strict:
+            raise bad_request(f"response_format.json_schema: {e}", "response_format") from None
+        log.warning("response_format json_schema not enforced (JSON syntax only): %s", e)
+        return None
+    return schema
 
 
 def _check_length(llm: LLM, n: int) -> None:
@@ -100,6 +118,11 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
         notes.append(note)
     if json_mode and tools is None and not prefix:
         params.json_mode = True  # decoding constrained to one JSON object (engine/constrain.py)
+        if schema is not None:
+            params.json_schema = enforceable_schema(schema, (fmt.json_schema or {}).get("strict") is True)
+        if params.ignore_eos:
+            raise bad_request("ignore_eos cannot be combined with response_format json_object/json_schema (the "
+                              "answer ends with its JSON document)", "ignore_eos")
     if notes:
         messages = add_system_note(messages, "\n".join(notes))
     spec = ChatSpec(tools=tools, tool_choice_none=tools is None, prefix=prefix,

@@ -1,0 +1,629 @@
+"""JSON-schema-constrained decoding: the answer is JSON that validates against a given schema, byte by byte.
+
+`compile_schema(schema)` turns a JSON schema (a dict, as in OpenAI's `response_format: {"type": "json_schema",
+"json_schema": {"schema": ...}}` or a pydantic model's `model_json_schema()`) into a graph of nodes;
+`SchemaMachine` recognises the JSON texts valid against it, with the same interface as `constrain.JsonMachine`
+(`start`, `feed`, `run`, `complete`, `final`), so `constrain.JsonConstraint` and the sampler use it unchanged.
+
+A machine state is a frozenset of threads, one per way the bytes so far can still be read (`anyOf` alternatives
+that begin alike run side by side until the bytes tell them apart); a thread is an immutable tuple, so checking a
+candidate token is running its bytes, with nothing to copy or undo. The machine never walks into a dead end: every
+state it accepts can still be completed into a valid document (a property is offered only while it can still be
+written, a `,` only while another item or key fits, a number digit only while a value within the bounds can follow).
+
+Enforced: `type` (one or a list), `properties`, `required`, `additionalProperties` (false, true or a schema; true by
+default), `items`, `minItems`/`maxItems`, `enum`, `const`, `anyOf`/`oneOf` (read as anyOf), a one-element `allOf`,
+`$ref` to `#/$defs/...`/`#/definitions/...` (recursion included), `minLength`/`maxLength` (in code points; an
+escape counts as one, an escaped surrogate pair as two), `minimum`/`maximum`/`exclusiveMinimum`/`exclusiveMaximum`.
+Annotations (`title`, `description`, `default`, `examples`, `format`, ...) and unknown keywords are ignored, as the
+JSON Schema standard says. Refused by name (`SchemaError`), rather than silently not enforced: `pattern`,
+`patternProperties`, `propertyNames`, `minProperties`/`maxProperties`, `multipleOf`, `uniqueItems`, `contains`,
+`prefixItems`, tuple `items`, `not`, `if`/`then`/`else`, `dependentRequired`/`dependentSchemas`, `unevaluated*`,
+longer `allOf`, remote `$ref`s.
+
+Forms the machine does not let the model write (the output is still valid, it just never takes them): whitespace
+before the top-level value and runs of whitespace longer than `WS_BASE + WS_PER_LEVEL * depth`; in objects that
+allow no undeclared names, a declared name spelled other than as `json.dumps` spells it (`\\u0061` for `a`);
+integers with a fraction (`1.0`, which JSON Schema counts as an integer); exponents in numbers that have bounds;
+duplicate keys; `enum`/`const` values that are objects or arrays in any spelling but `json.dumps`'s two (`", "`/`": "`
+or compact). Not detected: a schema whose documents would all be infinitely deep (a required property that
+refers back to its own object); the model then writes until max_tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from qwen3vl.engine.constrain import DIGITS, ESCAPES, HEX, NUMBER_ENDS, WS, WS_BASE, WS_PER_LEVEL, JsonMachine
+
+# thread modes (numbers reuse constrain's N_* modes, which are >= 20)
+VALUE, ARR_FIRST, OBJ_FIRST, OBJ_KEY, KEY, KEY_ESC, KEY_UHEX, COLON, AFTER, STRING, ESC, UHEX, LITERAL, ENUM = range(14)
+N_MINUS = 20
+TOP = "top"  # aux of the very first thread: no whitespace before the document
+
+ASSERTIONS = frozenset({  # the keywords enforced; any other keyword not in UNSUPPORTED is an annotation, ignored
+    "type", "enum", "const", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+    "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "anyOf", "oneOf", "allOf",
+    "$ref",
+})
+UNSUPPORTED = ("pattern", "patternProperties", "propertyNames", "minProperties", "maxProperties", "multipleOf",
+               "uniqueItems", "contains", "minContains", "maxContains", "prefixItems", "additionalItems", "not", "if",
+               "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties",
+               "unevaluatedItems", "$dynamicRef", "$recursiveRef")
+TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+
+class SchemaError(ValueError):
+    """A JSON schema that constrained decoding cannot enforce (or that no document satisfies)."""
+
+
+Bound = tuple[Fraction, bool] | None  # (value, exclusive)
+
+
+@dataclass
+class Node:
+    kind: str  # one of TYPES, or "enum", "union", "any", "never"
+    names: dict[str, int] = field(default_factory=dict)  # declared property -> node
+    props: dict[bytes, str] = field(default_factory=dict)  # declared property as json.dumps writes it -> property
+    required: frozenset[str] = frozenset()
+    additional: int | None = None  # node for undeclared keys; None: not allowed
+    items: int | None = None
+    min_items: int = 0
+    max_items: float = math.inf
+    min_len: int = 0
+    max_len: float = math.inf
+    lo: Bound = None
+    hi: Bound = None
+    texts: frozenset[bytes] = frozenset()  # enum: the values as JSON text
+    alts: tuple[int, ...] = ()  # union: the alternatives
+
+    @property
+    def bounded(self) -> bool:
+        return self.lo is not None or self.hi is not None
+
+
+def _quoted(name: str) -> bytes:
+    return json.dumps(name, ensure_ascii=False)[1:-1].encode()
+
+
+def _fraction(x: Any, where: str, key: str) -> Fraction:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise SchemaError(f"{where}: {key} must be a finite number, got {x!r}")
+    return Fraction(repr(x)) if isinstance(x, float) else Fraction(x)  # 0.1 is the decimal 1/10, as in the schema
+
+
+class _Compiler:
+    def __init__(self, root: Any):
+        self.root = root
+        self.nodes: list[Node] = []
+        self.refs: dict[str, int] = {}
+        self.any = self._add(Node("union"))
+        any_obj = self._add(Node("object", additional=self.any))
+        any_arr = self._add(Node("array", items=self.any))
+        self.nodes[self.any].alts = (any_obj, any_arr) + tuple(self._add(Node(t)) for t in TYPES[2:])
+
+    def _add(self, node: Node) -> int:
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def compile(self, schema: Any, where: str) -> int:
+        if schema is True:
+            return self.any
+        if schema is False:
+            return self._add(Node("never"))
+        if not isinstance(schema, dict):
+            raise SchemaError(f"{where}: a schema must be an object or a boolean, got {schema!r}")
+        for key in UNSUPPORTED:
+            if key in schema:
+                raise SchemaError(f"{where}: the JSON schema keyword {key!r} is not supported by constrained decoding")
+        assertions = {k for k in schema if k in ASSERTIONS}
+        if "$ref" in schema:
+            if assertions - {"$ref"}:
+                raise SchemaError(f"{where}: $ref next to {sorted(assertions - {'$ref'})} is not supported")
+            return self._ref(schema["$ref"], where)
+        if "allOf" in schema:
+            subs = schema["allOf"]
+            if not isinstance(subs, list) or len(subs) != 1 or assertions - {"allOf"}:
+                raise SchemaError(f"{where}: allOf is supported only as a single schema on its own")
+            return self.compile(subs[0], f"{where}/allOf/0")
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                subs = schema[key]
+                if not isinstance(subs, list) or not subs:
+                    raise SchemaError(f"{where}: {key} must be a non-empty list of schemas")
+                if assertions - {key}:
+                    raise SchemaError(f"{where}: {key} next to {sorted(assertions - {key})} is not supported")
+                return self._union([self.compile(s, f"{where}/{key}/{i}") for i, s in enumerate(subs)], where)
+        if "enum" in schema or "const" in schema:
+            if assertions - {"enum", "const", "type"}:
+                raise SchemaError(f"{where}: enum/const next to {sorted(assertions - {'enum', 'const', 'type'})} "
+                                  "is not supported")
+            return self._enum(schema, where)
+        types = schema.get("type", None)
+        if types is None:
+            if assertions:  # keywords of some type without "type": they apply to values of that type
+                kinds = [t for t in TYPES if t != "null" and self._uses(schema, t)] or list(TYPES)
+                return self._union([self._typed(schema, t, where) for t in kinds], where)
+            return self.any
+        types = [types] if isinstance(types, str) else types
+        if not isinstance(types, list) or not types or any(t not in TYPES for t in types):
+            raise SchemaError(f"{where}: type must be one of {TYPES} or a list of them, got {schema['type']!r}")
+        if len(types) == 1:
+            return self._typed(schema, types[0], where)
+        return self._union([self._typed(schema, t, where) for t in dict.fromkeys(types)], where)
+
+    @staticmethod
+    def _uses(schema: dict, t: str) -> bool:
+        keys = {"object": ("properties", "required", "additionalProperties"),
+                "array": ("items", "minItems", "maxItems"),
+                "string": ("minLength", "maxLength"),
+                "number": ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}.get(t, ())
+        return any(k in schema for k in keys)
+
+    def _union(self, alts: list[int], where: str) -> int:
+        alts = [a for a in alts if self.nodes[a].kind != "never"]
+        if not alts:
+            raise SchemaError(f"{where}: no alternative can be satisfied")
+        return alts[0] if len(alts) == 1 else self._add(Node("union", alts=tuple(alts)))
+
+    def _ref(self, ref: Any, where: str) -> int:
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise SchemaError(f"{where}: only local $refs ('#/...') are supported, got {ref!r}")
+        if ref in self.refs:
+            return self.refs[ref]
+        target: Any = self.root
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(target, dict) and part in target:
+                target = target[part]
+            elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+                target = target[int(part)]
+            else:
+                raise SchemaError(f"{where}: $ref {ref!r} points nowhere in the schema")
+        # a placeholder union that will point at the compiled target (so recursive schemas terminate)
+        slot = self._add(Node("union"))
+        self.refs[ref] = slot
+        self.nodes[slot].alts = (self.compile(target, ref),)
+        return slot
+
+    def _enum(self, schema: dict, where: str) -> int:
+        values = [schema["const"]] if "const" in schema else schema["enum"]
+        if not isinstance(values, list):
+            raise SchemaError(f"{where}: enum must be a list")
+        types = schema.get("type")
+        if types is not None:
+            types = [types] if isinstance(types, str) else types
+            values = [v for v in values if any(_is_type(v, t) for t in types)]
+        texts = set()
+        for v in values:
+            try:
+                texts.add(json.dumps(v, ensure_ascii=False).encode())
+                texts.add(json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode())
+            except (TypeError, ValueError) as e:
+                raise SchemaError(f"{where}: enum value {v!r} is not JSON ({e})") from None
+        if not texts:
+            raise SchemaError(f"{where}: enum/const leaves no value to write")
+        return self._add(Node("enum", texts=frozenset(texts)))
+
+    def _typed(self, schema: dict, t: str, where: str) -> int:
+        if t == "object":
+            return self._object(schema, where)
+        if t == "array":
+            items = schema.get("items", True)
+            if isinstance(items, list):
+                raise SchemaError(f"{where}: tuple-form items (a list of schemas) is not supported")
+            lo, hi = schema.get("minItems", 0), schema.get("maxItems", math.inf)
+            if not (isinstance(lo, int) and lo >= 0 and (hi == math.inf or isinstance(hi, int)) and lo <= hi):
+                raise SchemaError(f"{where}: minItems/maxItems must be integers with 0 <= minItems <= maxItems")
+            item = self.compile(items, f"{where}/items")
+            if lo > 0 and self.nodes[item].kind == "never":
+                raise SchemaError(f"{where}: minItems {lo} but items allow no value")
+            return self._add(Node("array", items=item, min_items=lo, max_items=hi))
+        if t == "string":
+            lo, hi = schema.get("minLength", 0), schema.get("maxLength", math.inf)
+            if not (isinstance(lo, int) and lo >= 0 and (hi == math.inf or isinstance(hi, int)) and lo <= hi):
+                raise SchemaError(f"{where}: minLength/maxLength must be integers with 0 <= minLength <= maxLength")
+            return self._add(Node("string", min_len=lo, max_len=hi))
+        if t in ("number", "integer"):
+            return self._number(schema, t, where)
+        return self._add(Node(t))
+
+    def _object(self, schema: dict, where: str) -> int:
+        props_in = schema.get("properties", {})
+        if not isinstance(props_in, dict):
+            raise SchemaError(f"{where}: properties must be an object")
+        extra = schema.get("additionalProperties", True)
+        additional = None if extra is False else self.compile(extra, f"{where}/additionalProperties")
+        if additional is not None and self.nodes[additional].kind == "never":
+            additional = None
+        names = {k: self.compile(v, f"{where}/properties/{k}") for k, v in props_in.items()}
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise SchemaError(f"{where}: required must be a list of property names")
+        for name in required:
+            if name not in names:
+                if additional is None:
+                    raise SchemaError(f"{where}: required property {name!r} is not allowed by the schema")
+                names[name] = additional
+            if self.nodes[names[name]].kind == "never":
+                raise SchemaError(f"{where}: required property {name!r} allows no value")
+        names = {k: v for k, v in names.items() if self.nodes[v].kind != "never"}
+        return self._add(Node("object", names=names, props={_quoted(k): k for k in names},
+                              required=frozenset(required), additional=additional))
+
+    def _number(self, schema: dict, t: str, where: str) -> int:
+        lo = hi = None
+        if "minimum" in schema:
+            lo = (_fraction(schema["minimum"], where, "minimum"), False)
+        if "maximum" in schema:
+            hi = (_fraction(schema["maximum"], where, "maximum"), False)
+        for key, is_lo in (("exclusiveMinimum", True), ("exclusiveMaximum", False)):
+            if key not in schema:
+                continue
+            x = schema[key]
+            if isinstance(x, bool):  # draft 4: a flag on minimum/maximum
+                if x:
+                    bound = lo if is_lo else hi
+                    if bound is None:
+                        raise SchemaError(f"{where}: {key}: true needs {'minimum' if is_lo else 'maximum'}")
+                    bound = (bound[0], True)
+                    lo, hi = (bound, hi) if is_lo else (lo, bound)
+                continue
+            bound = (_fraction(x, where, key), True)
+            old = lo if is_lo else hi
+            if old is None or (bound[0] >= old[0] if is_lo else bound[0] <= old[0]):
+                lo, hi = (bound, hi) if is_lo else (lo, bound)
+        node = Node(t, lo=lo, hi=hi)
+        if t == "integer":
+            a, b = _int_range(node)
+            if a is not None and b is not None and a > b:
+                raise SchemaError(f"{where}: no integer lies within the bounds")
+        elif not _meets(node, None, False, None, False):
+            raise SchemaError(f"{where}: no number lies within the bounds")
+        return self._add(node)
+
+
+def _is_type(v: Any, t: str) -> bool:
+    return {"object": isinstance(v, dict), "array": isinstance(v, list), "string": isinstance(v, str),
+            "number": isinstance(v, (int, float)) and not isinstance(v, bool),
+            "integer": (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+            "boolean": isinstance(v, bool), "null": v is None}.get(t, False)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A compiled JSON schema: `nodes[root]` is the document's node."""
+
+    nodes: tuple[Node, ...]
+    root: int
+    source: Any
+
+
+def compile_schema(schema: Any) -> Schema:
+    """Compile a JSON schema for constrained decoding; `SchemaError` names what cannot be enforced."""
+    c = _Compiler(schema)
+    try:
+        root = c.compile(schema, "#")
+    except RecursionError:
+        raise SchemaError("#: the schema is nested too deeply") from None
+    except (TypeError, AttributeError) as e:  # a keyword's value of the wrong kind
+        raise SchemaError(f"#: malformed schema ({e})") from None
+    if c.nodes[root].kind == "never":
+        raise SchemaError("#: the schema allows no document")
+    _check_ref_cycles(c.nodes)
+    return Schema(tuple(c.nodes), root, schema)
+
+
+def _check_ref_cycles(nodes: list[Node]) -> None:
+    """Refuse $refs/anyOfs that lead back to themselves before any value starts (`{"$ref": "#"}`): unbounded."""
+    state: dict[int, int] = {}  # 1: being expanded, 2: done
+
+    def visit(i: int) -> None:
+        state[i] = 1
+        for j in nodes[i].alts:
+            if state.get(j) == 1:
+                raise SchemaError("#: a $ref/anyOf cycle that never reaches a value")
+            if j not in state:
+                visit(j)
+        state[i] = 2
+
+    for i, node in enumerate(nodes):
+        if node.kind == "union" and i not in state:
+            visit(i)
+
+
+# ---- numbers with bounds: can the digits so far still become a number within them? ----
+
+def _int_range(node: Node) -> tuple[int | None, int | None]:
+    a = b = None
+    if node.lo is not None:
+        v, excl = node.lo
+        a = math.floor(v) + 1 if excl else math.ceil(v)
+    if node.hi is not None:
+        v, excl = node.hi
+        b = math.ceil(v) - 1 if excl else math.floor(v)
+    return a, b
+
+
+def _meets(node: Node, a: Fraction | None, a_in: bool, b: Fraction | None, b_in: bool) -> bool:
+    """Whether the interval from a to b (None: unbounded; *_in: closed at that end) meets the node's bounds."""
+    if node.kind == "integer":
+        lo_i, hi_i = _int_range(node)
+        x = None if a is None else (math.ceil(a) if a_in else math.floor(a) + 1)
+        y = None if b is None else (math.floor(b) if b_in else math.ceil(b) - 1)
+        lo = x if lo_i is None else (lo_i if x is None else max(x, lo_i))
+        hi = y if hi_i is None else (hi_i if y is None else min(y, hi_i))
+        return lo is None or hi is None or lo <= hi
+    lo, lo_in = a, a_in
+    if node.lo is not None:
+        v, excl = node.lo
+        if lo is None or v > lo or (v == lo and excl):
+            lo, lo_in = v, not excl
+    hi, hi_in = b, b_in
+    if node.hi is not None:
+        v, excl = node.hi
+        if hi is None or v < hi or (v == hi and excl):
+            hi, hi_in = v, not excl
+    return lo is None or hi is None or lo < hi or (lo == hi and lo_in and hi_in)
+
+
+def _number_feasible(node: Node, text: bytes) -> bool:
+    """Whether some number literal starting with `text` (no exponent) lies within the node's bounds."""
+    neg = text.startswith(b"-")
+    body = text[1:] if neg else text
+    spans: list[tuple[Fraction, bool, Fraction | None, bool]] = []  # magnitudes reachable: (a, a_in, b, b_in)
+    if not body:
+        spans.append((Fraction(0), True, None, False))
+    elif b"." in body:
+        whole, frac = body.split(b".")
+        v = Fraction(int(whole)) + (Fraction(int(frac), 10 ** len(frac)) if frac else 0)
+        step = Fraction(1, 10 ** len(frac))
+        spans.append((v, True, v + step, False))  # v itself needs a digit after the dot, but v + tiny is as good
+    else:
+        v = int(body)
+        spans.append((Fraction(v), True, Fraction(v + 1), False))  # v, or v.xxx
+        if v != 0:  # or more digits: [v * 10^k, (v + 1) * 10^k) for k = 1, 2, ...
+            limit = max(abs(bound[0]) for bound in (node.lo, node.hi) if bound is not None)
+            k = 1
+            while Fraction(v * 10 ** k) <= limit:
+                spans.append((Fraction(v * 10 ** k), True, Fraction((v + 1) * 10 ** k), False))
+                k += 1
+            # beyond every bound all magnitudes fare alike, so one ray stands for the remaining spans
+            spans.append((Fraction(v * 10 ** k), True, None, False))
+    for a, a_in, b, b_in in spans:
+        if node.kind == "integer" and b is not None:
+            b, b_in = b - 1, True  # integers only: [v, v+1) is just v
+            if b < a:
+                continue
+        if neg:
+            lo, lo_in, hi, hi_in = (None if b is None else -b), b_in, -a, a_in
+        else:
+            lo, lo_in, hi, hi_in = a, a_in, b, b_in
+        if _meets(node, lo, lo_in, hi, hi_in):
+            return True
+    return False
+
+
+def _number_ok(node: Node, text: bytes) -> bool:
+    if not node.bounded:
+        return True
+    v = Fraction(text.decode())
+    if node.lo is not None and (v < node.lo[0] or (v == node.lo[0] and node.lo[1])):
+        return False
+    return not (node.hi is not None and (v > node.hi[0] or (v == node.hi[0] and node.hi[1])))
+
+
+# ---- the machine ----
+
+Thread = tuple  # (stack, mode, node, aux, ws); stack: () or (parent stack, container node, seen keys | count, depth)
+State = frozenset
+
+
+class SchemaMachine:
+    """Byte-level recogniser of the JSON documents valid against a compiled schema."""
+
+    def __init__(self, schema: Schema | dict):
+        self.schema = schema if isinstance(schema, Schema) else compile_schema(schema)
+        self.nodes = self.schema.nodes
+
+    def start(self) -> State:
+        return frozenset({((), VALUE, self.schema.root, TOP, 0)})
+
+    def feed(self, state: State, b: int) -> State | None:
+        out: set = set()
+        for t in state:
+            out.update(self._step(t, b))
+        return frozenset(out) if out else None
+
+    def run(self, state: State | None, data: bytes) -> State | None:
+        for b in data:
+            if state is None:
+                return None
+            state = self.feed(state, b)
+        return state
+
+    def complete(self, state: State) -> bool:
+        """Whether the bytes so far are a whole valid document (the answer may end here)."""
+        return any(self._ends(t) for t in state)
+
+    def final(self, state: State) -> bool:
+        """Whether nothing more can be written (the document is closed)."""
+        return all(t[0] == () and t[1] == AFTER for t in state)
+
+    def _ends(self, t: Thread) -> bool:
+        stack, mode, node, aux, _ = t
+        if stack:
+            return False
+        if mode == AFTER:
+            return True
+        if mode == ENUM:
+            return b"" in aux
+        return mode in NUMBER_ENDS and _number_ok(self.nodes[node], aux)
+
+    # -- one byte --
+    def _step(self, t: Thread, b: int) -> list[Thread] | tuple:
+        stack, mode, n, aux, ws = t
+        if mode == STRING:
+            node = self.nodes[n]
+            if b == 0x22:
+                return [(stack, AFTER, None, None, 0)] if aux >= node.min_len else ()
+            if b == 0x5C:
+                return [(stack, ESC, n, aux + 1, 0)] if aux < node.max_len else ()
+            if b < 0x20:
+                return ()
+            if b & 0xC0 != 0x80:  # a character starts (UTF-8 continuation bytes do not)
+                return [(stack, STRING, n, aux + 1, 0)] if aux < node.max_len else ()
+            return [t]
+        if mode == ESC:
+            if b == ord("u"):
+                return [(stack, UHEX, n, (aux, 4), 0)]
+            return [(stack, STRING, n, aux, 0)] if b in ESCAPES else ()
+        if mode == UHEX:
+            count, left = aux
+            if b not in HEX:
+                return ()
+            return [(stack, STRING, n, count, 0) if left == 1 else (stack, UHEX, n, (count, left - 1), 0)]
+        if mode == LITERAL:
+            if b != aux[0]:
+                return ()
+            return [(stack, AFTER, None, None, 0) if len(aux) == 1 else (stack, LITERAL, None, aux[1:], 0)]
+        if mode == ENUM:
+            rest = frozenset(s[1:] for s in aux if s[:1] == bytes((b,)))
+            out = [(stack, ENUM, n, rest, 0)] if rest else []
+            if b"" in aux:
+                out += self._step((stack, AFTER, None, None, 0), b)
+            return out
+        if mode >= N_MINUS:
+            node = self.nodes[n]
+            nxt = JsonMachine._number(mode, b)
+            if nxt is not None:
+                if (b in b".eE" and node.kind == "integer") or (b in b"eE" and node.bounded):
+                    return ()  # a form this node does not take ('.', 'e' cannot end a number either)
+                text = aux + bytes((b,))
+                return [(stack, nxt, n, text, 0)] if not node.bounded or _number_feasible(node, text) else ()
+            if mode not in NUMBER_ENDS or not _number_ok(node, aux):
+                return ()
+            return self._step((stack, AFTER, None, None, 0), b)
+        if mode in (KEY, KEY_ESC, KEY_UHEX):
+            return self._key(stack, mode, aux, b)
+        if b in WS:
+            if (not stack and mode == AFTER) or aux is TOP:
+                return ()
+            depth = stack[3] if stack else 0
+            return [(stack, mode, n, aux, ws + 1)] if ws < WS_BASE + WS_PER_LEVEL * depth else ()
+        if mode == VALUE:
+            return self._start(stack, n, b)
+        if mode == AFTER:
+            return self._after(stack, b)
+        if mode == ARR_FIRST:
+            container = self.nodes[stack[1]]
+            if b == ord("]"):
+                return [self._pop(stack)] if container.min_items == 0 else ()
+            if container.max_items < 1:
+                return ()
+            return self._start((stack[0], stack[1], 1, stack[3]), container.items, b)
+        if mode in (OBJ_FIRST, OBJ_KEY):
+            if b == ord("}") and mode == OBJ_FIRST:
+                return [self._pop(stack)] if not self.nodes[stack[1]].required else ()
+            return [(stack, KEY, None, b"", 0)] if b == 0x22 and self._room(stack) else ()
+        if mode == COLON:
+            return [(stack, VALUE, n, None, 0)] if b == ord(":") else ()
+        return ()
+
+    def _start(self, stack: tuple, n: int, b: int) -> list[Thread]:
+        node = self.nodes[n]
+        kind = node.kind
+        if kind == "union":
+            out: list[Thread] = []
+            for alt in node.alts:
+                out += self._start(stack, alt, b)
+            return out
+        depth = stack[3] if stack else 0
+        if kind == "object":
+            return [((stack, n, frozenset(), depth + 1), OBJ_FIRST, None, None, 0)] if b == ord("{") else []
+        if kind == "array":
+            return [((stack, n, 0, depth + 1), ARR_FIRST, None, None, 0)] if b == ord("[") else []
+        if kind == "string":
+            return [(stack, STRING, n, 0, 0)] if b == 0x22 else []
+        if kind in ("number", "integer"):
+            mode = N_MINUS if b == ord("-") else (JsonMachine._number(N_MINUS, b) if b in DIGITS else None)
+            text = bytes((b,))
+            if mode is None or (node.bounded and not _number_feasible(node, text)):
+                return []
+            return [(stack, mode, n, text, 0)]
+        if kind == "boolean":
+            rest = {ord("t"): b"rue", ord("f"): b"alse"}.get(b)
+            return [(stack, LITERAL, None, rest, 0)] if rest else []
+        if kind == "null":
+            return [(stack, LITERAL, None, b"ull", 0)] if b == ord("n") else []
+        if kind == "enum":
+            rest = frozenset(s[1:] for s in node.texts if s[:1] == bytes((b,)))
+            return [(stack, ENUM, n, rest, 0)] if rest else []
+        return []
+
+    @staticmethod
+    def _pop(stack: tuple) -> Thread:
+        return (stack[0], AFTER, None, None, 0)
+
+    def _room(self, stack: tuple) -> bool:
+        """Whether another key can still be written in the object on top of `stack`."""
+        node, seen = self.nodes[stack[1]], stack[2]
+        return node.additional is not None or any(name not in seen for name in node.names)
+
+    def _after(self, stack: tuple, b: int) -> list[Thread]:
+        if not stack:
+            return []
+        parent, n, data, depth = stack
+        node = self.nodes[n]
+        if node.kind == "object":
+            if b == ord(","):
+                return [(stack, OBJ_KEY, None, None, 0)] if self._room(stack) else []
+            if b == ord("}"):
+                return [self._pop(stack)] if node.required <= data else []
+            return []
+        if b == ord(","):
+            return [((parent, n, data + 1, depth), VALUE, node.items, None, 0)] if data < node.max_items else []
+        if b == ord("]"):
+            return [self._pop(stack)] if data >= node.min_items else []
+        return []
+
+    def _key(self, stack: tuple, mode: int, aux, b: int) -> list[Thread]:
+        """A byte of a property name: a declared property not yet written, or (where allowed) any other name."""
+        parent, n, seen, depth = stack
+        node = self.nodes[n]
+        if mode == KEY and b == 0x22:
+            if node.additional is None:
+                name = node.props.get(aux)  # only the declared names, spelled as json.dumps spells them
+            else:
+                try:
+                    name = json.loads(b'"' + aux + b'"')
+                except ValueError:
+                    return []
+            if name is None or name in seen:
+                return []
+            return [((parent, n, seen | {name}, depth), COLON, node.names.get(name, node.additional), None, 0)]
+        if mode == KEY:
+            if b < 0x20:
+                return []
+            nxt = (KEY_ESC if b == 0x5C else KEY, aux + bytes((b,)))
+        elif mode == KEY_ESC:
+            if b == ord("u"):
+                nxt = (KEY_UHEX, (aux + b"u", 4))
+            elif b in ESCAPES:
+                nxt = (KEY, aux + bytes((b,)))
+            else:
+                return []
+        else:
+            raw, left = aux
+            if b not in HEX:
+                return []
+            nxt = (KEY, raw + bytes((b,))) if left == 1 else (KEY_UHEX, (raw + bytes((b,)), left - 1))
+        raw = nxt[1][0] if nxt[0] == KEY_UHEX else nxt[1]
+        if node.additional is None and not any(k.startswith(raw) and name not in seen
+                                               for k, name in node.props.items()):
+            return []
+        return [(stack, nxt[0], None, nxt[1], 0)]
