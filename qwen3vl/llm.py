@@ -22,12 +22,13 @@ from qwen3vl.engine.engine import Engine, EngineConfig, StepOutput
 from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, parse_output
 from qwen3vl.engine.sampling import SamplingParams, from_generation_config
 from qwen3vl.engine.sequence import MediaItem, Sequence
+from qwen3vl.engine.tool_constraint import ForcedCalls, call_schema
 
 log = logging.getLogger(__name__)
 
 _SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                   "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "n", "logprobs",
-                  "json_mode", "json_schema")
+                  "json_mode", "json_schema", "forced_tool_calls")
 _MEDIA_KEYS = ("min_pixels", "max_pixels", "fps", "max_frames", "min_frames", "total_pixels")
 
 
@@ -135,9 +136,11 @@ class LLM:
         eos = gen_cfg.get("eos_token_id", list(self.tokenizer.special.stop))
         self.eos_token_ids = sorted({eos} if isinstance(eos, int) else set(eos) or set(self.tokenizer.special.stop))
         think_end = self.tokenizer.token_to_id("</think>") if self.thinking else None
+        call_ids = (self.tokenizer.token_to_id("<tool_call>"), self.tokenizer.token_to_id("</tool_call>"))
         self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode,
                              runner=self._parallel.runner if self._parallel else None,
-                             token_bytes=self.tokenizer.text_bytes, json_after=think_end)
+                             token_bytes=self.tokenizer.text_bytes, json_after=think_end,
+                             tool_call_ids=call_ids if None not in call_ids else None)
 
     def close(self) -> None:
         """Stop the tensor-parallel worker ranks (nothing to do for a single-process LLM); safe to call twice."""
@@ -201,12 +204,29 @@ class LLM:
         return ChatResult(choices, Usage(prompt_len, sum(len(c.token_ids) for c in choices)), prompt_ids)
 
     # ------------------------------------------------------------------ public API
-    def chat(self, messages: Any, *, tools: Any = None, add_vision_id: bool = False, **sampling) -> ChatResult:
-        return self.chat_batch([messages], tools=tools, add_vision_id=add_vision_id, **sampling)[0]
+    def chat(self, messages: Any, *, tools: Any = None, add_vision_id: bool = False, tool_choice: str | None = None,
+             **sampling) -> ChatResult:
+        return self.chat_batch([messages], tools=tools, add_vision_id=add_vision_id, tool_choice=tool_choice,
+                               **sampling)[0]
+
+    def _tool_choice(self, tools: Any, tool_choice: str | None, sampling: dict) -> tuple[Any, dict]:
+        """`tool_choice`: None/"auto" (the model decides), "none" (tools hidden), "required" (at least one call)
+        or a function's name (a call to it); forced calls are constrained to the tools' schemas."""
+        if tool_choice in (None, "auto"):
+            return tools, sampling
+        if tool_choice == "none":
+            return None, sampling
+        if not tools:
+            raise ValueError(f"tool_choice {tool_choice!r} needs tools")
+        if self.engine.tool_call_ids is None:
+            raise ValueError("this tokenizer has no <tool_call>/</tool_call> tokens to force a call with")
+        schema = call_schema(tools, None if tool_choice == "required" else tool_choice)
+        return tools, {**sampling, "forced_tool_calls": ForcedCalls(schema, opened=False)}
 
     def chat_batch(self, conversations: list[Any], *, tools: Any = None, add_vision_id: bool = False,
-                   progress: bool = False, **sampling) -> list[ChatResult]:
+                   progress: bool = False, tool_choice: str | None = None, **sampling) -> list[ChatResult]:
         """Run many conversations at once through the engine (continuous batching)."""
+        tools, sampling = self._tool_choice(tools, tool_choice, sampling)
         submitted = []
         try:
             for messages in conversations:
@@ -234,10 +254,11 @@ class LLM:
         return results
 
     def chat_stream(self, messages: Any, *, tools: Any = None, add_vision_id: bool = False,
-                    **sampling) -> Iterator[ChatDelta]:
+                    tool_choice: str | None = None, **sampling) -> Iterator[ChatDelta]:
         """Yield text deltas token by token (never splitting a character); the last delta of each choice has
         `finish_reason` and `tool_calls`, and the very last one `usage`. Joined, the deltas equal `chat`'s text
         and reasoning. Text that may start a stop string or a tool call is held back until it is known."""
+        tools, sampling = self._tool_choice(tools, tool_choice, sampling)
         rid, seqs, n_prompt = self.submit(messages, tools, add_vision_id, **sampling)
         states = [_StreamState(self, seq, tools) for seq in seqs]
         index = {s.seq_id: i for i, s in enumerate(seqs)}

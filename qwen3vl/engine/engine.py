@@ -19,6 +19,7 @@ import torch
 from qwen3vl.engine.block_manager import BlockManager
 from qwen3vl.engine.constrain import JsonConstraint
 from qwen3vl.engine.schema import compile_schema
+from qwen3vl.engine.tool_constraint import ToolCallConstraint
 from qwen3vl.engine.runner import KVCache, ModelRunner
 from qwen3vl.engine.sampling import SamplingParams, sample
 from qwen3vl.engine.scheduler import Scheduler
@@ -54,12 +55,15 @@ class StepOutput:
 class Engine:
     def __init__(self, model, eos_token_ids: list[int], config: EngineConfig | None = None,
                  decode: Callable[[list[int]], str] | None = None, runner=None,
-                 token_bytes: Callable[[int], bytes | None] | None = None, json_after: int | None = None):
+                 token_bytes: Callable[[int], bytes | None] | None = None, json_after: int | None = None,
+                 tool_call_ids: tuple[int, int] | None = None):
         """`token_bytes(id)` (a token's bytes, None for special tokens) enables JSON mode (`params.json_mode`);
-        `json_after` is the token after which the JSON starts (a Thinking model's `</think>`), None: at once."""
+        `json_after` is the token after which the JSON starts (a Thinking model's `</think>`), None: at once;
+        `tool_call_ids` (the ids of `<tool_call>`, `</tool_call>`) enables `params.forced_tool_calls`."""
         self.model = model
         self.token_bytes = token_bytes
         self.json_after = json_after
+        self.tool_call_ids = tool_call_ids
         self.config = cfg = config or EngineConfig()
         tc = model.config.text_config
         num_blocks = cfg.num_blocks or max(
@@ -98,6 +102,11 @@ class Engine:
         if params.json_mode and self.token_bytes is None:
             raise ValueError("json_mode needs the engine to know the token bytes (Engine(token_bytes=...))")
         schema = compile_schema(params.json_schema) if params.json_mode and params.json_schema is not None else None
+        forced = params.forced_tool_calls
+        if forced is not None:
+            if self.token_bytes is None or self.tool_call_ids is None:
+                raise ValueError("forced_tool_calls needs the engine to know the token bytes and the <tool_call> ids")
+            call_schema = compile_schema(forced.schema)
         seqs = []
         for i in range(params.n):
             gen = None
@@ -109,6 +118,11 @@ class Engine:
             if params.json_mode:
                 seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
                                                 activate_after=self.json_after, schema=schema)
+            elif forced is not None:
+                seq.constraint = ToolCallConstraint(
+                    self.token_bytes, self.eos_token_ids | set(params.stop_token_ids), call_schema,
+                    *self.tool_call_ids, written=forced.written, opened=forced.opened, parallel=forced.parallel,
+                    activate_after=None if forced.opened else self.json_after)
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = seqs

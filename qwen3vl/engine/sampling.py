@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,6 +34,7 @@ class SamplingParams:
     logprobs: int | None = None  # how many top alternatives to report per token (0: only the chosen one)
     json_mode: bool = False  # constrain the answer to one valid JSON object (engine/constrain.py)
     json_schema: dict | bool | None = None  # constrain it to a document valid against this schema (engine/schema.py)
+    forced_tool_calls: Any = None  # tool_constraint.ForcedCalls: the answer is tool calls valid against their schemas
 
     def validate(self) -> "SamplingParams":
         def bad(name: str, why: str):
@@ -65,6 +67,14 @@ class SamplingParams:
 
             compile_schema(self.json_schema)  # SchemaError (a ValueError) names what cannot be enforced
             self.json_mode = True
+        if self.forced_tool_calls is not None:
+            from qwen3vl.engine.schema import compile_schema
+
+            compile_schema(self.forced_tool_calls.schema)
+            if self.json_mode:
+                bad("json_mode", "cannot be combined with forced tool calls")
+            if self.ignore_eos:
+                bad("ignore_eos", "cannot be combined with forced tool calls (the answer ends after its calls)")
         if self.json_mode and self.ignore_eos:
             bad("ignore_eos", "cannot be combined with json_mode (the answer ends with its JSON object)")
         if isinstance(self.stop, str):
