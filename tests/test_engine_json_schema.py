@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qwen3vl.engine import schema as schema_module
-from qwen3vl.engine.constrain import JsonConstraint
+from qwen3vl.engine.constrain import JsonConstraint, JsonMachine
 from qwen3vl.engine.schema import SchemaError, SchemaMachine, compile_schema
 
 BBOX = {"type": "object", "additionalProperties": False, "required": ["bbox_2d", "label"],
@@ -308,18 +308,21 @@ def test_annotations_and_unknown_keywords_are_ignored_and_format_is_not_asserted
 def test_the_constraint_allows_the_end_only_on_a_valid_document():
     schema = {"type": "object", "required": ["n"], "additionalProperties": False,
               "properties": {"n": {"type": "integer", "maximum": 99}}}
-    vocab = [None, b"{", b'"n"', b":", b" 5", b"7", b"0", b"}", b"}\n", b'"m"']
+    vocab = [None, b"{", b'"n"', b":", b" 5", b"7", b"0", b"}", b"}\n", b'"m"', b"\n"]
     c = JsonConstraint(lambda t: vocab[t], end_ids=[0], schema=compile_schema(schema))
-    assert [t for t in range(10) if c.allows(t)] == [1]
+    assert [t for t in range(11) if c.allows(t)] == [1]
     for t in (1, 2, 3):
         c.advance(t)
-    assert [t for t in range(10) if c.allows(t)] == [4, 5, 6]  # an integer
+    assert [t for t in range(11) if c.allows(t)] == [4, 5, 6, 10]  # an integer (or whitespace)
     c.advance(4)
-    assert [t for t in range(10) if c.allows(t)] == [5, 6, 7]  # more digits (57, 50 <= 99) or the end, no "}\n"
-    c.advance(5)
-    assert [t for t in range(10) if c.allows(t)] == [7]  # 577, 570 > 99
+    assert [t for t in range(11) if c.allows(t)] == [5, 6, 7, 8, 10]  # more digits (57, 50 <= 99) or the end ("}\n":
+    c.advance(5)                                                    # whitespace may trail the document)
+    assert [t for t in range(11) if c.allows(t)] == [7, 8, 10]  # not 577, 570 > 99
     c.advance(7)
-    assert c.complete and [t for t in range(10) if c.allows(t)] == [0]
+    assert c.complete and [t for t in range(11) if c.allows(t)] == [0, 10]  # the end, or trailing whitespace...
+    for _ in range(8):
+        c.advance(10)
+    assert c.complete and [t for t in range(11) if c.allows(t)] == [0]  # ...but not forever
     number = JsonConstraint(lambda t: vocab[t], end_ids=[0], schema={"type": "integer"})
     number.advance(5)
     assert number.complete and number.allows(0) and number.allows(6)  # a bare number may end or go on
@@ -363,3 +366,85 @@ def test_the_cli_takes_a_schema_inline_or_from_a_file(tmp_path):
     for bad in ('{"type": "string", "pattern": "a"}', '{"type": ', str(tmp_path / "missing.json")):
         with pytest.raises(SystemExit):
             parser.parse_args(["--json-schema", bad])
+
+
+# ---- found in review: each of these was a real bug ----
+
+def test_recursive_unions_that_begin_alike_stay_fast():
+    """Dog | Cat, each with friends: list[Dog | Cat]: the readings of '{"friends": [' double at every level unless
+    capped; 16 levels used to take seconds per byte."""
+    import time
+
+    def animal(sound):
+        return {"type": "object", "additionalProperties": False, "required": [sound],
+                "properties": {sound: {"type": "boolean"},
+                               "friends": {"type": "array", "items": {"$ref": "#/$defs/pet"}}}}
+
+    schema = {"$defs": {"dog": animal("bark"), "cat": animal("meow"),
+                        "pet": {"anyOf": [{"$ref": "#/$defs/dog"}, {"$ref": "#/$defs/cat"}]}},
+              "$ref": "#/$defs/pet"}
+    m = SchemaMachine(schema)
+    t = time.perf_counter()
+    state = m.run(m.start(), b'{"friends": [' * 16)
+    assert state is not None and len(state) <= schema_module.MAX_THREADS
+    text = b'{"friends": [' * 16 + b'{"meow": true}' + b'], "bark": false}' * 16
+    state = m.run(state, text[len(b'{"friends": [' * 16):])
+    assert time.perf_counter() - t < 5
+    assert state is not None and m.complete(state) and _valid(schema, json.loads(text))
+
+
+@pytest.mark.parametrize("schema,text", [
+    ({"properties": {"a": False}}, '{"a": 1}'),  # a property declared false is not "additional"
+    ({"properties": {"a": {"$ref": "#/$defs/n"}}, "$defs": {"n": False}}, '{"a": 1}'),
+    ({"type": "number", "exclusiveMaximum": 1}, "0.99999999999999999"),  # a float 1.0 to the validator
+    ({"const": "a", "enum": ["a", "b"]}, '"b"'),  # both: the const, if the enum has it
+])
+def test_documents_the_validator_rejects_are_refused(schema, text):
+    assert not _valid(schema, json.loads(text))
+    assert not _accepts(schema, text)
+
+
+def test_only_well_formed_utf8_is_written():
+    m = SchemaMachine({"type": "object", "properties": {"s": {"type": "string", "maxLength": 1}}})
+    start = m.run(m.start(), b'{"s": "')
+    assert m.run(start, "é".encode()) is not None and m.run(start, b"a\x80") is None  # a stray continuation byte
+    assert m.run(start, b"\xc3") is not None and m.run(start, b'\xc3"') is None  # an unfinished character
+    assert m.run(start, b"\xed\xa0\x80") is None  # an encoded surrogate
+    key = m.run(m.start(), b'{"')
+    assert m.run(key, "ké".encode()) is not None and m.run(key, b"k\x80") is None  # undeclared names too
+    plain = JsonMachine()  # plain JSON mode too
+    assert plain.run(plain.start(), '{"é": "😀"}'.encode()) is not None
+    for bad in (b'{"a\x80', b'{"a": "\xc3"', b'{"a": "\xf5'):
+        assert plain.run(plain.start(), bad) is None, bad
+    # a length-limited string takes an astral character raw: an escaped surrogate pair would count as two here
+    assert m.run(start, "😀".encode()) is not None and m.run(start, b"\\ud83d") is None
+
+
+@pytest.mark.parametrize("schema,words", [
+    ({"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/n"}, "$defs": {"n": False}}, "allows no document"),
+    ({"type": "object", "required": ["a"], "properties": {"a": {"$ref": "#/$defs/n"}}, "$defs": {"n": False}},
+     "allows no document"),
+    ({"$defs": {"n": {"type": "object", "required": ["k"], "properties": {"k": {"$ref": "#/$defs/n"}}}},
+      "$ref": "#/$defs/n"}, "finite depth"),  # every document would be infinitely deep
+    ({"properties": {"\ud800": {}}}, "malformed schema"),  # a lone surrogate name (json.loads accepts it)
+    ({"type": "number", "minimum": 10 ** 400}, "malformed schema"),
+    ({"const": float("inf")}, "not a finite JSON number"),
+    ({"const": "a", "enum": ["b"]}, "leaves no value"),
+])
+def test_unsatisfiable_and_malformed_schemas_are_refused(schema, words):
+    with pytest.raises(SchemaError, match=words):
+        compile_schema(schema)
+
+
+def test_unsatisfiable_branches_are_never_offered():
+    m = SchemaMachine({"type": "object", "additionalProperties": False,
+                       "properties": {"a": {"$ref": "#/$defs/n"}, "b": {"type": "array", "items": False}},
+                       "$defs": {"n": False}})
+    assert m.run(m.start(), b'{"a') is None  # "a" cannot be given a value, so it is not offered
+    assert m.run(m.start(), b'{"b": [1') is None and _accepts(m.schema.source, '{"b": []}')
+
+
+def test_nesting_is_capped():
+    m = SchemaMachine(True)
+    depth = schema_module.MAX_DEPTH
+    assert m.run(m.start(), b"[" * depth) is not None and m.run(m.start(), b"[" * (depth + 1)) is None

@@ -12,9 +12,10 @@ restricted to the allowed tokens). A whole-vocabulary mask is never built, so a 
 the model is already writing JSON, as it is asked to in JSON mode.
 
 With a JSON schema (`schema=`, compiled by `engine/schema.py`) the machine is a `schema.SchemaMachine` and the answer
-is a document valid against the schema. Limits of plain JSON mode: the answer starts with `{` at once and runs of whitespace are
-capped (`WS_BASE + WS_PER_LEVEL * depth`, room for pretty-printing) so a model cannot pad forever; strings are checked for JSON escapes and control characters, not for UTF-8 validity (the model's byte-level
-tokens are UTF-8 by construction). With `activate_after` (a Thinking model's `</think>` id) the constraint starts
+is a document valid against the schema. Limits of plain JSON mode: the answer starts with
+`{` at once and runs of whitespace are capped (`WS_BASE + WS_PER_LEVEL * depth`, room for pretty-printing) so a
+model cannot pad forever; strings are checked for JSON escapes, control characters and UTF-8 well-formedness
+(byte-level tokens can hold part of a character, or a stray continuation byte). With `activate_after` (a Thinking model's `</think>` id) the constraint starts
 after the reasoning.
 """
 
@@ -29,12 +30,32 @@ HEX = frozenset(b"0123456789abcdefABCDEF")
 ESCAPES = frozenset(b'"\\/bfnrt')
 LITERALS = {ord("t"): b"rue", ord("f"): b"alse", ord("n"): b"ull"}
 
+def utf8_step(pending: tuple | None, b: int) -> tuple | None | bool:
+    """UTF-8 well-formedness, a byte at a time. `pending`: None, or (continuation bytes owed, lowest and highest
+    allowed next byte). Returns the new pending state (None: a character is complete), or False if `b` is invalid."""
+    if pending is not None:
+        left, lo, hi = pending
+        if not lo <= b <= hi:
+            return False
+        return (left - 1, 0x80, 0xBF) if left > 1 else None
+    if b < 0x80:
+        return None
+    if 0xC2 <= b <= 0xDF:
+        return (1, 0x80, 0xBF)
+    if 0xE0 <= b <= 0xEF:  # no overlong forms (E0 A0..), no surrogates (ED ..9F)
+        return (2, 0xA0 if b == 0xE0 else 0x80, 0x9F if b == 0xED else 0xBF)
+    if 0xF0 <= b <= 0xF4:
+        return (3, 0x90 if b == 0xF0 else 0x80, 0x8F if b == 0xF4 else 0xBF)
+    return False
+
+
 # modes
 TOP, VALUE, ARR_FIRST, OBJ_FIRST, OBJ_KEY, COLON, AFTER, STRING, KEY, ESC, UHEX, LITERAL = range(12)
 N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP = range(20, 28)
 NUMBER_ENDS = frozenset({N_ZERO, N_INT, N_FRAC, N_EXP})  # a number may stop here
 
-# state: (stack of b"{" / b"[" as bytes, mode, aux, whitespace run); aux: escape flag for KEY, hex count, literal rest
+# state: (stack of b"{" / b"[" as bytes, mode, aux, whitespace run); aux: UTF-8 bytes owed in STRING/KEY, the string
+# mode to go back to in ESC, (mode, hex digits left) in UHEX, the rest of a literal
 State = tuple
 
 
@@ -52,16 +73,27 @@ class JsonMachine:
         stack, mode, _, _ = state
         return not stack and (mode == AFTER or mode in NUMBER_ENDS)
 
-    final = complete  # once a value is complete nothing more is written (a top-level number ends there too)
+    @staticmethod
+    def final(state: State) -> bool:
+        """Nothing more may be written: the document is closed and its trailing whitespace used up. (Whitespace may
+        follow the document because a model's favourite token often does: `}\n` where it would go on to a fence.)"""
+        stack, mode, _, ws = state
+        return not stack and mode == AFTER and ws >= WS_BASE
 
     def feed(self, state: State, b: int) -> State | None:
         stack, mode, aux, ws = state
         if mode in (STRING, KEY):
+            if aux is not None:  # inside a multi-byte character
+                owed = utf8_step(aux, b)
+                return None if owed is False else (stack, mode, owed, 0)
             if b == 0x22:  # closing quote
                 return (stack, COLON if mode == KEY else AFTER, None, 0)
             if b == 0x5C:
                 return (stack, ESC, mode, 0)
-            return None if b < 0x20 else state
+            if b < 0x20:
+                return None
+            owed = utf8_step(None, b)
+            return None if owed is False else (stack, mode, owed, 0)
         if mode == ESC:
             if b == ord("u"):
                 return (stack, UHEX, (aux, 4), 0)

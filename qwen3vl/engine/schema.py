@@ -5,16 +5,18 @@
 `SchemaMachine` recognises the JSON texts valid against it, with the same interface as `constrain.JsonMachine`
 (`start`, `feed`, `run`, `complete`, `final`), so `constrain.JsonConstraint` and the sampler use it unchanged.
 
-A machine state is a frozenset of threads, one per way the bytes so far can still be read (`anyOf` alternatives
-that begin alike run side by side until the bytes tell them apart); a thread is an immutable tuple, so checking a
-candidate token is running its bytes, with nothing to copy or undo. The machine never walks into a dead end: every
-state it accepts can still be completed into a valid document (a property is offered only while it can still be
-written, a `,` only while another item or key fits, a number digit only while a value within the bounds can follow).
+A machine state is a tuple of threads, one per way the bytes so far can still be read (`anyOf` alternatives that
+begin alike run side by side until the bytes tell them apart; at most `MAX_THREADS`, the first in the schema's
+order); a thread is an immutable tuple, so checking a candidate token is running its bytes, with nothing to copy or
+undo. The machine never walks into a dead end: every state it accepts can still be completed into a valid document.
+Branches that have no document are cut at compile time (a property whose schema is `false`, items of an
+unsatisfiable schema, a `$ref` cycle that requires infinite depth); a property is offered only while it can still be
+written, a `,` only while another item or key fits, a number digit only while a value within the bounds can follow.
 
 Enforced: `type` (one or a list), `properties`, `required`, `additionalProperties` (false, true or a schema; true by
 default), `items`, `minItems`/`maxItems`, `enum`, `const`, `anyOf`/`oneOf` (read as anyOf), a one-element `allOf`,
 `$ref` to `#/$defs/...`/`#/definitions/...` (recursion included), `minLength`/`maxLength` (in code points; an
-escape counts as one, an escaped surrogate pair as two), `minimum`/`maximum`/`exclusiveMinimum`/`exclusiveMaximum`.
+escape counts as one), `minimum`/`maximum`/`exclusiveMinimum`/`exclusiveMaximum`.
 Annotations (`title`, `description`, `default`, `examples`, `format`, ...) and unknown keywords are ignored, as the
 JSON Schema standard says. Refused by name (`SchemaError`), rather than silently not enforced: `pattern`,
 `patternProperties`, `propertyNames`, `minProperties`/`maxProperties`, `multipleOf`, `uniqueItems`, `contains`,
@@ -22,12 +24,13 @@ JSON Schema standard says. Refused by name (`SchemaError`), rather than silently
 longer `allOf`, remote `$ref`s.
 
 Forms the machine does not let the model write (the output is still valid, it just never takes them): whitespace
-before the top-level value and runs of whitespace longer than `WS_BASE + WS_PER_LEVEL * depth`; in objects that
-allow no undeclared names, a declared name spelled other than as `json.dumps` spells it (`\\u0061` for `a`);
-integers with a fraction (`1.0`, which JSON Schema counts as an integer); exponents in numbers that have bounds;
-duplicate keys; `enum`/`const` values that are objects or arrays in any spelling but `json.dumps`'s two (`", "`/`": "`
-or compact). Not detected: a schema whose documents would all be infinitely deep (a required property that
-refers back to its own object); the model then writes until max_tokens.
+before the top-level value and runs of whitespace longer than `WS_BASE + WS_PER_LEVEL * depth`; nesting deeper than
+`MAX_DEPTH`; malformed UTF-8; in objects that allow no undeclared names, a declared name spelled other than as
+`json.dumps` spells it (`\\u0061` for `a`); escaped surrogate pairs in strings with a length limit (the character
+is written as it is); integers with a fraction (`1.0`, which JSON Schema counts as an integer); exponents in numbers
+that have bounds; duplicate keys; `enum`/`const` values that are objects or arrays in any spelling but
+`json.dumps`'s two (`", "`/`": "` or compact). Bounds are checked on the exact decimal and on the float a validator
+reads. Not enforced: the "exactly one" of `oneOf` (it is read as `anyOf`; pydantic's tagged unions are disjoint).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from qwen3vl.engine.constrain import DIGITS, ESCAPES, HEX, NUMBER_ENDS, WS, WS_BASE, WS_PER_LEVEL, JsonMachine
+from qwen3vl.engine.constrain import (DIGITS, ESCAPES, HEX, NUMBER_ENDS, WS, WS_BASE, WS_PER_LEVEL, JsonMachine,
+                                      utf8_step)
 
 # thread modes (numbers reuse constrain's N_* modes, which are >= 20)
 VALUE, ARR_FIRST, OBJ_FIRST, OBJ_KEY, KEY, KEY_ESC, KEY_UHEX, COLON, AFTER, STRING, ESC, UHEX, LITERAL, ENUM = range(14)
@@ -70,6 +74,7 @@ class Node:
     names: dict[str, int] = field(default_factory=dict)  # declared property -> node
     props: dict[bytes, str] = field(default_factory=dict)  # declared property as json.dumps writes it -> property
     required: frozenset[str] = frozenset()
+    forbidden: frozenset[str] = frozenset()  # declared names whose schema allows no value
     additional: int | None = None  # node for undeclared keys; None: not allowed
     items: int | None = None
     min_items: int = 0
@@ -191,15 +196,19 @@ class _Compiler:
         return slot
 
     def _enum(self, schema: dict, where: str) -> int:
-        values = [schema["const"]] if "const" in schema else schema["enum"]
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
         if not isinstance(values, list):
             raise SchemaError(f"{where}: enum must be a list")
+        if "const" in schema:  # both: the const, if the enum has it
+            values = [v for v in values if v == schema["const"] and type(v) is type(schema["const"])]
         types = schema.get("type")
         if types is not None:
             types = [types] if isinstance(types, str) else types
             values = [v for v in values if any(_is_type(v, t) for t in types)]
         texts = set()
         for v in values:
+            if not _finite(v):
+                raise SchemaError(f"{where}: enum/const value {v!r} is not a finite JSON number")
             try:
                 texts.add(json.dumps(v, ensure_ascii=False).encode())
                 texts.add(json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode())
@@ -251,7 +260,6 @@ class _Compiler:
                 names[name] = additional
             if self.nodes[names[name]].kind == "never":
                 raise SchemaError(f"{where}: required property {name!r} allows no value")
-        names = {k: v for k, v in names.items() if self.nodes[v].kind != "never"}
         return self._add(Node("object", names=names, props={_quoted(k): k for k in names},
                               required=frozenset(required), additional=additional))
 
@@ -287,6 +295,16 @@ class _Compiler:
         return self._add(node)
 
 
+def _finite(v: Any) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, dict):
+        return all(_finite(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_finite(x) for x in v)
+    return True
+
+
 def _is_type(v: Any, t: str) -> bool:
     return {"object": isinstance(v, dict), "array": isinstance(v, list), "string": isinstance(v, str),
             "number": isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -308,14 +326,54 @@ def compile_schema(schema: Any) -> Schema:
     c = _Compiler(schema)
     try:
         root = c.compile(schema, "#")
+    except SchemaError:
+        raise
     except RecursionError:
         raise SchemaError("#: the schema is nested too deeply") from None
-    except (TypeError, AttributeError) as e:  # a keyword's value of the wrong kind
-        raise SchemaError(f"#: malformed schema ({e})") from None
-    if c.nodes[root].kind == "never":
-        raise SchemaError("#: the schema allows no document")
+    except (TypeError, AttributeError, ValueError, OverflowError) as e:  # a keyword's value of the wrong kind
+        raise SchemaError(f"#: malformed schema ({type(e).__name__}: {e})") from None
+    _prune(c.nodes, root)
     _check_ref_cycles(c.nodes)
     return Schema(tuple(c.nodes), root, schema)
+
+
+def _prune(nodes: list[Node], root: int) -> None:
+    """Find the nodes that have a document (of finite depth), and cut every way into the others, so the machine
+    never offers a key, item or alternative that cannot be finished."""
+    sat = [False] * len(nodes)
+    changed = True
+    while changed:  # least fixpoint: a node is satisfiable once its needs are
+        changed = False
+        for i, n in enumerate(nodes):
+            if sat[i]:
+                continue
+            if n.kind == "never":
+                ok = False
+            elif n.kind == "union":
+                ok = any(sat[a] for a in n.alts)
+            elif n.kind == "object":
+                ok = all(sat[n.names[r]] for r in n.required)
+            elif n.kind == "array":
+                ok = n.min_items == 0 or sat[n.items]
+            else:
+                ok = True
+            if ok:
+                sat[i] = changed = True
+    if not sat[root]:
+        raise SchemaError("#: the schema allows no document (of finite depth)")
+    for n in nodes:
+        if n.kind == "union":
+            n.alts = tuple(a for a in n.alts if sat[a])
+        elif n.kind == "object":
+            dead = {k for k, v in n.names.items() if not sat[v]}
+            if dead:
+                n.forbidden = n.forbidden | dead
+                n.names = {k: v for k, v in n.names.items() if k not in dead}
+                n.props = {k: v for k, v in n.props.items() if v not in dead}
+            if n.additional is not None and not sat[n.additional]:
+                n.additional = None
+        elif n.kind == "array" and not sat[n.items]:
+            n.max_items = 0
 
 
 def _check_ref_cycles(nodes: list[Node]) -> None:
@@ -371,8 +429,36 @@ def _meets(node: Node, a: Fraction | None, a_in: bool, b: Fraction | None, b_in:
     return lo is None or hi is None or lo < hi or (lo == hi and lo_in and hi_in)
 
 
+def _int_feasible(node: Node, text: bytes) -> bool:
+    """`_number_feasible` for integers, in integer arithmetic."""
+    lo_i, hi_i = _int_range(node)
+    neg = text[:1] == b"-"
+    body = text[1:] if neg else text
+    if not body:  # "-": any integer <= 0 ("-0" included)
+        return lo_i is None or lo_i <= 0
+
+    def hit(a: int, b: int | None) -> bool:  # magnitudes a..b (None: unbounded), signed as the text is
+        lo, hi = ((None if b is None else -b), -a) if neg else (a, b)
+        return (hi_i is None or lo is None or lo <= hi_i) and (lo_i is None or hi is None or hi >= lo_i)
+
+    v = int(body)
+    if hit(v, v):
+        return True
+    if v == 0:
+        return False
+    limit = max(abs(x) for x in (lo_i, hi_i) if x is not None)
+    p = 10
+    while v * p <= limit:
+        if hit(v * p, (v + 1) * p - 1):
+            return True
+        p *= 10
+    return hit(v * p, None)
+
+
 def _number_feasible(node: Node, text: bytes) -> bool:
     """Whether some number literal starting with `text` (no exponent) lies within the node's bounds."""
+    if node.kind == "integer":
+        return _int_feasible(node, text)
     neg = text.startswith(b"-")
     body = text[1:] if neg else text
     spans: list[tuple[Fraction, bool, Fraction | None, bool]] = []  # magnitudes reachable: (a, a_in, b, b_in)
@@ -409,18 +495,29 @@ def _number_feasible(node: Node, text: bytes) -> bool:
 
 
 def _number_ok(node: Node, text: bytes) -> bool:
+    """Whether the finished number is within the bounds, read exactly and also as a float (as validators read
+    `0.99999999999999999`, which is 1.0: such a number may then fail a bound its decimal meets)."""
     if not node.bounded:
         return True
-    v = Fraction(text.decode())
-    if node.lo is not None and (v < node.lo[0] or (v == node.lo[0] and node.lo[1])):
-        return False
-    return not (node.hi is not None and (v > node.hi[0] or (v == node.hi[0] and node.hi[1])))
+    for convert in (Fraction, float):
+        v = convert(text.decode())
+        if node.lo is not None:
+            lo = convert(node.lo[0])
+            if v < lo or (v == lo and node.lo[1]):
+                return False
+        if node.hi is not None:
+            hi = convert(node.hi[0])
+            if v > hi or (v == hi and node.hi[1]):
+                return False
+    return True
 
 
 # ---- the machine ----
 
 Thread = tuple  # (stack, mode, node, aux, ws); stack: () or (parent stack, container node, seen keys | count, depth)
-State = frozenset
+State = tuple  # threads, deduplicated, in the schema's order of alternatives
+MAX_THREADS = 64  # readings kept at once (recursive unions that begin alike would double at every level)
+MAX_DEPTH = 256  # nesting levels (Python's json reader refuses documents much deeper than ~1,000)
 
 
 class SchemaMachine:
@@ -429,15 +526,30 @@ class SchemaMachine:
     def __init__(self, schema: Schema | dict):
         self.schema = schema if isinstance(schema, Schema) else compile_schema(schema)
         self.nodes = self.schema.nodes
+        self._cache: dict[tuple, bool] = {}
+
+    def _feasible(self, n: int, text: bytes, done: bool = False) -> bool:
+        """`_number_feasible` (`_number_ok` when `done`), remembered: a vocabulary scan asks about the same few
+        numbers again and again."""
+        key = (n, text, done)
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            check = _number_ok if done else _number_feasible
+            hit = self._cache[key] = check(self.nodes[n], text)
+        return hit
 
     def start(self) -> State:
-        return frozenset({((), VALUE, self.schema.root, TOP, 0)})
+        return (((), VALUE, self.schema.root, TOP, 0),)
 
     def feed(self, state: State, b: int) -> State | None:
-        out: set = set()
+        out: dict = {}
         for t in state:
-            out.update(self._step(t, b))
-        return frozenset(out) if out else None
+            for nxt in self._step(t, b):
+                out[nxt] = None
+        # every thread is a valid reading that can be finished, so keeping only the first ones stays sound
+        return tuple(out)[:MAX_THREADS] if out else None
 
     def run(self, state: State | None, data: bytes) -> State | None:
         for b in data:
@@ -450,9 +562,14 @@ class SchemaMachine:
         """Whether the bytes so far are a whole valid document (the answer may end here)."""
         return any(self._ends(t) for t in state)
 
-    def final(self, state: State) -> bool:
-        """Whether nothing more can be written (the document is closed)."""
+    def closed(self, state: State) -> bool:
+        """Whether the document is closed (only trailing whitespace could follow)."""
         return all(t[0] == () and t[1] == AFTER for t in state)
+
+    def final(self, state: State) -> bool:
+        """Whether nothing more can be written: the document is closed and its trailing whitespace (which a model's
+        favourite token may hold: `]\n` where it would go on to a fence) is used up."""
+        return all(t[0] == () and t[1] == AFTER and t[4] >= WS_BASE for t in state)
 
     def _ends(self, t: Thread) -> bool:
         stack, mode, node, aux, _ = t
@@ -467,26 +584,34 @@ class SchemaMachine:
     # -- one byte --
     def _step(self, t: Thread, b: int) -> list[Thread] | tuple:
         stack, mode, n, aux, ws = t
-        if mode == STRING:
+        if mode == STRING:  # aux: (characters so far, UTF-8 bytes owed)
             node = self.nodes[n]
+            count, pending = aux
+            if pending is not None:
+                nxt = utf8_step(pending, b)
+                return () if nxt is False else [(stack, STRING, n, (count, nxt), 0)]
             if b == 0x22:
-                return [(stack, AFTER, None, None, 0)] if aux >= node.min_len else ()
-            if b == 0x5C:
-                return [(stack, ESC, n, aux + 1, 0)] if aux < node.max_len else ()
-            if b < 0x20:
+                return [(stack, AFTER, None, None, 0)] if count >= node.min_len else ()
+            if b < 0x20 or count >= node.max_len:
                 return ()
-            if b & 0xC0 != 0x80:  # a character starts (UTF-8 continuation bytes do not)
-                return [(stack, STRING, n, aux + 1, 0)] if aux < node.max_len else ()
-            return [t]
+            if b == 0x5C:
+                return [(stack, ESC, n, count + 1, 0)]
+            nxt = utf8_step(None, b)
+            return () if nxt is False else [(stack, STRING, n, (count + 1, nxt), 0)]
         if mode == ESC:
             if b == ord("u"):
-                return [(stack, UHEX, n, (aux, 4), 0)]
-            return [(stack, STRING, n, aux, 0)] if b in ESCAPES else ()
-        if mode == UHEX:
-            count, left = aux
+                return [(stack, UHEX, n, (aux, 4, None), 0)]
+            return [(stack, STRING, n, (aux, None), 0)] if b in ESCAPES else ()
+        if mode == UHEX:  # aux: (characters, hex digits left, the first digit)
+            count, left, first = aux
             if b not in HEX:
                 return ()
-            return [(stack, STRING, n, count, 0) if left == 1 else (stack, UHEX, n, (count, left - 1), 0)]
+            node = self.nodes[n]
+            if left == 3 and first in b"dD" and b in b"89abcdefABCDEF" and (node.min_len or node.max_len < math.inf):
+                return ()  # a surrogate escape: a pair is one character, so length limits take the character raw
+            if left == 1:
+                return [(stack, STRING, n, (count, None), 0)]
+            return [(stack, UHEX, n, (count, left - 1, b if left == 4 else first), 0)]
         if mode == LITERAL:
             if b != aux[0]:
                 return ()
@@ -504,14 +629,14 @@ class SchemaMachine:
                 if (b in b".eE" and node.kind == "integer") or (b in b"eE" and node.bounded):
                     return ()  # a form this node does not take ('.', 'e' cannot end a number either)
                 text = aux + bytes((b,))
-                return [(stack, nxt, n, text, 0)] if not node.bounded or _number_feasible(node, text) else ()
-            if mode not in NUMBER_ENDS or not _number_ok(node, aux):
+                return [(stack, nxt, n, text, 0)] if not node.bounded or self._feasible(n, text) else ()
+            if mode not in NUMBER_ENDS or (node.bounded and not self._feasible(n, aux, done=True)):
                 return ()
             return self._step((stack, AFTER, None, None, 0), b)
         if mode in (KEY, KEY_ESC, KEY_UHEX):
             return self._key(stack, mode, aux, b)
         if b in WS:
-            if (not stack and mode == AFTER) or aux is TOP:
+            if aux is TOP:
                 return ()
             depth = stack[3] if stack else 0
             return [(stack, mode, n, aux, ws + 1)] if ws < WS_BASE + WS_PER_LEVEL * depth else ()
@@ -529,7 +654,7 @@ class SchemaMachine:
         if mode in (OBJ_FIRST, OBJ_KEY):
             if b == ord("}") and mode == OBJ_FIRST:
                 return [self._pop(stack)] if not self.nodes[stack[1]].required else ()
-            return [(stack, KEY, None, b"", 0)] if b == 0x22 and self._room(stack) else ()
+            return [(stack, KEY, None, (b"", None), 0)] if b == 0x22 and self._room(stack) else ()
         if mode == COLON:
             return [(stack, VALUE, n, None, 0)] if b == ord(":") else ()
         return ()
@@ -543,16 +668,18 @@ class SchemaMachine:
                 out += self._start(stack, alt, b)
             return out
         depth = stack[3] if stack else 0
+        if kind in ("object", "array") and depth >= MAX_DEPTH:
+            return []
         if kind == "object":
             return [((stack, n, frozenset(), depth + 1), OBJ_FIRST, None, None, 0)] if b == ord("{") else []
         if kind == "array":
             return [((stack, n, 0, depth + 1), ARR_FIRST, None, None, 0)] if b == ord("[") else []
         if kind == "string":
-            return [(stack, STRING, n, 0, 0)] if b == 0x22 else []
+            return [(stack, STRING, n, (0, None), 0)] if b == 0x22 else []
         if kind in ("number", "integer"):
             mode = N_MINUS if b == ord("-") else (JsonMachine._number(N_MINUS, b) if b in DIGITS else None)
             text = bytes((b,))
-            if mode is None or (node.bounded and not _number_feasible(node, text)):
+            if mode is None or (node.bounded and not self._feasible(n, text)):
                 return []
             return [(stack, mode, n, text, 0)]
         if kind == "boolean":
@@ -592,37 +719,45 @@ class SchemaMachine:
         return []
 
     def _key(self, stack: tuple, mode: int, aux, b: int) -> list[Thread]:
-        """A byte of a property name: a declared property not yet written, or (where allowed) any other name."""
+        """A byte of a property name: a declared property not yet written, or (where allowed) any other name.
+        aux: KEY (bytes so far, UTF-8 bytes owed), KEY_ESC bytes so far, KEY_UHEX (bytes so far, hex digits left)."""
         parent, n, seen, depth = stack
         node = self.nodes[n]
-        if mode == KEY and b == 0x22:
-            if node.additional is None:
-                name = node.props.get(aux)  # only the declared names, spelled as json.dumps spells them
-            else:
-                try:
-                    name = json.loads(b'"' + aux + b'"')
-                except ValueError:
-                    return []
-            if name is None or name in seen:
-                return []
-            return [((parent, n, seen | {name}, depth), COLON, node.names.get(name, node.additional), None, 0)]
         if mode == KEY:
+            raw, pending = aux
+            if b == 0x22 and pending is None:
+                if node.additional is None:
+                    name = node.props.get(raw)  # only the declared names, spelled as json.dumps spells them
+                else:
+                    try:
+                        name = json.loads(b'"' + raw + b'"')
+                    except ValueError:
+                        return []
+                if name is None or name in seen or name in node.forbidden:
+                    return []
+                return [((parent, n, seen | {name}, depth), COLON, node.names.get(name, node.additional), None, 0)]
             if b < 0x20:
                 return []
-            nxt = (KEY_ESC if b == 0x5C else KEY, aux + bytes((b,)))
+            if b == 0x5C and pending is None:
+                nxt = (KEY_ESC, raw + b"\\")
+            else:
+                owed = utf8_step(pending, b)
+                if owed is False:
+                    return []
+                nxt = (KEY, (raw + bytes((b,)), owed))
         elif mode == KEY_ESC:
             if b == ord("u"):
                 nxt = (KEY_UHEX, (aux + b"u", 4))
             elif b in ESCAPES:
-                nxt = (KEY, aux + bytes((b,)))
+                nxt = (KEY, (aux + bytes((b,)), None))
             else:
                 return []
         else:
             raw, left = aux
             if b not in HEX:
                 return []
-            nxt = (KEY, raw + bytes((b,))) if left == 1 else (KEY_UHEX, (raw + bytes((b,)), left - 1))
-        raw = nxt[1][0] if nxt[0] == KEY_UHEX else nxt[1]
+            nxt = (KEY, (raw + bytes((b,)), None)) if left == 1 else (KEY_UHEX, (raw + bytes((b,)), left - 1))
+        raw = nxt[1] if nxt[0] == KEY_ESC else nxt[1][0]
         if node.additional is None and not any(k.startswith(raw) and name not in seen
                                                for k, name in node.props.items()):
             return []

@@ -125,7 +125,7 @@ class ToolCallConstraint:
             nxt = self.machine.feed(data, b)
             if nxt is None:
                 return None
-            return (POST, (b"\n", self.close_id)) if self.machine.final(nxt) else (CALL, nxt)
+            return (POST, (b"\n", self.close_id)) if self.machine.closed(nxt) else (CALL, nxt)
         head = data[0]
         if not isinstance(head, bytes) or head[0] != b:
             return None

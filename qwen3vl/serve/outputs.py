@@ -61,6 +61,7 @@ class ChatSpec:
     prefix: str | None = None  # forced tool-call opening appended to the prompt
     parallel_tool_calls: bool = True
     json_mode: bool = False  # response_format json_object / json_schema: check (non-streamed) output parses
+    json_any: bool = False  # json_schema: any JSON value may be the answer (the schema's root need not be an object)
     logprobs: bool = False
 
 
@@ -182,7 +183,7 @@ class ChatChoice:
             reason = "tool_calls"
         extra: dict[str, Any] = {}
         if spec.json_mode and not self.stream and not calls:
-            text, problem = check_json(text)
+            text, problem = check_json(text, objects_only=not spec.json_any)
             if problem:
                 extra["response_format_error"] = problem
         lps = None
@@ -193,8 +194,9 @@ class ChatChoice:
         return self._result
 
 
-def check_json(text: str) -> tuple[str, str | None]:
-    """(text, None) if `text` is a JSON object (a surrounding ``` fence is removed), else (text, why not)."""
+def check_json(text: str, objects_only: bool = True) -> tuple[str, str | None]:
+    """(text, None) if `text` is a JSON object (any JSON value with `objects_only=False`; a surrounding ``` fence is
+    removed), else (text, why not)."""
     body = text.strip()
     if body.startswith("```"):
         inner = body[3:]
@@ -205,7 +207,7 @@ def check_json(text: str) -> tuple[str, str | None]:
         value = json.loads(body)
     except ValueError as e:
         return text, f"the output is not valid JSON: {e}"
-    if not isinstance(value, dict):
+    if objects_only and not isinstance(value, dict):
         return text, f"the output is JSON but not an object (a {type(value).__name__})"
     return body, None
 

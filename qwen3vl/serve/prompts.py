@@ -130,10 +130,12 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
     fmt = req.response_format
     json_mode = fmt is not None and fmt.type in ("json_object", "json_schema")
     if json_mode:
-        note = "Respond with a single valid JSON object and nothing else."
         schema = (fmt.json_schema or {}).get("schema") if fmt.type == "json_schema" else None
         if schema is not None:
-            note += " It must follow this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
+            note = ("Respond with a single valid JSON value and nothing else. It must follow this JSON schema:\n"
+                    + json.dumps(schema, ensure_ascii=False))
+        else:
+            note = "Respond with a single valid JSON object and nothing else."
         notes.append(note)
     if json_mode and tools is None and not prefix:
         params.json_mode = True  # decoding constrained to one JSON object (engine/constrain.py)
@@ -146,6 +148,7 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
         messages = add_system_note(messages, "\n".join(notes))
     spec = ChatSpec(tools=tools, tool_choice_none=tools is None, prefix=prefix,
                     parallel_tool_calls=req.parallel_tool_calls is not False, json_mode=json_mode,
+                    json_any=json_mode and schema is not None,
                     logprobs=req.logprobs)
     stream, add_vision_id = req.stream, req.add_vision_id
 
