@@ -4,7 +4,8 @@
 gives the state after one byte (None when the byte cannot come next), so testing a candidate token is running its
 bytes from the current state, with nothing to copy or undo. `JsonConstraint` keeps one sequence's state and answers
 "may this token come next?" from the tokenizer's exact token bytes (`Tokenizer.token_bytes`); added/special tokens
-never may, the end-of-sequence tokens only once the object is complete, and nothing else after that.
+never may, the end-of-sequence tokens only once the object is complete, and after it only a little whitespace
+(`final`).
 
 The sampler (`sampling.sample`) asks only about the tokens it is about to pick, best first (greedy) or as drawn
 (sampling, where a rejected draw is removed and the draw repeated: this samples exactly the filtered distribution
