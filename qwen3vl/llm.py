@@ -22,7 +22,7 @@ from qwen3vl.engine.engine import Engine, EngineConfig, StepOutput
 from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, parse_output
 from qwen3vl.engine.sampling import SamplingParams, from_generation_config
 from qwen3vl.engine.sequence import MediaItem, Sequence
-from qwen3vl.engine.tool_constraint import ForcedCalls, call_schema
+from qwen3vl.engine.tool_constraint import forced_calls
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ class LLM:
         self.eos_token_ids = sorted({eos} if isinstance(eos, int) else set(eos) or set(self.tokenizer.special.stop))
         think_end = self.tokenizer.token_to_id("</think>") if self.thinking else None
         call_ids = (self.tokenizer.token_to_id("<tool_call>"), self.tokenizer.token_to_id("</tool_call>"))
+        if any(i is None or self.tokenizer.text_bytes(i) is not None for i in call_ids):
+            call_ids = (None, None)  # forced calls need the tags as added tokens of their own
         self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode,
                              runner=self._parallel.runner if self._parallel else None,
                              token_bytes=self.tokenizer.text_bytes, json_after=think_end,
@@ -211,7 +213,9 @@ class LLM:
 
     def _tool_choice(self, tools: Any, tool_choice: str | None, sampling: dict) -> tuple[Any, dict]:
         """`tool_choice`: None/"auto" (the model decides), "none" (tools hidden), "required" (at least one call)
-        or a function's name (a call to it); forced calls are constrained to the tools' schemas."""
+        or a function's name (a call to it). Forced calls are constrained to the tools' schemas; a function whose
+        parameters cannot be enforced (a `pattern`, say) is a SchemaError naming it (pass tool_choice=None to let
+        the model decide unconstrained)."""
         if tool_choice in (None, "auto"):
             return tools, sampling
         if tool_choice == "none":
@@ -220,8 +224,8 @@ class LLM:
             raise ValueError(f"tool_choice {tool_choice!r} needs tools")
         if self.engine.tool_call_ids is None:
             raise ValueError("this tokenizer has no <tool_call>/</tool_call> tokens to force a call with")
-        schema = call_schema(tools, None if tool_choice == "required" else tool_choice)
-        return tools, {**sampling, "forced_tool_calls": ForcedCalls(schema, opened=False)}
+        forced = forced_calls(tools, None if tool_choice == "required" else tool_choice, opened=False)
+        return tools, {**sampling, "forced_tool_calls": forced}
 
     def chat_batch(self, conversations: list[Any], *, tools: Any = None, add_vision_id: bool = False,
                    progress: bool = False, tool_choice: str | None = None, **sampling) -> list[ChatResult]:

@@ -8,7 +8,8 @@ import json
 import jsonschema
 import pytest
 
-from qwen3vl.engine.tool_constraint import ToolCallConstraint, call_schema
+from qwen3vl.engine.schema import SchemaError
+from qwen3vl.engine.tool_constraint import ToolCallConstraint, arguments_schema, forced_calls
 
 TOOLS = [
     {"type": "function", "function": {"name": "click", "description": "Click a point of the screen.", "parameters": {
@@ -32,8 +33,10 @@ def _allowed(c: ToolCallConstraint) -> list[int]:
     return [t for t in range(len(VOCAB)) if c.allows(t)]
 
 
-def _constraint(**kwargs) -> ToolCallConstraint:
-    return ToolCallConstraint(lambda t: VOCAB[t], [EOS], call_schema(TOOLS), OPEN, CLOSE, **kwargs)
+def _constraint(name=None, named=False, opened=True, parallel=True, activate_after=None,
+                end=(EOS,)) -> ToolCallConstraint:
+    forced = forced_calls(TOOLS, name, named=named, opened=opened, parallel=parallel)
+    return ToolCallConstraint(lambda t: VOCAB[t], end, forced, OPEN, CLOSE, activate_after=activate_after)
 
 
 def test_a_call_is_opened_written_closed_and_then_the_answer_may_end_or_call_again():
@@ -45,7 +48,7 @@ def test_a_call_is_opened_written_closed_and_then_the_answer_may_end_or_call_aga
     assert 6 in _allowed(c) and 10 in _allowed(c) and 14 not in _allowed(c)  # a call's JSON, not text
     for t in (6, 7):  # {"name": "click", "arguments": {"x": 5, "y": 7}
         c.advance(t)
-    assert _allowed(c) == [4, 5, 8, 9]  # whitespace, "}", or "}\n" (which also starts what follows the JSON)
+    assert _allowed(c) == [8, 9]  # the call's "}" right after the arguments, as the template writes it (or "}\n")
     c.advance(9)
     assert _allowed(c) == [CLOSE] and not c.complete
     c.advance(CLOSE)
@@ -68,18 +71,18 @@ def test_arguments_follow_the_chosen_functions_schema():
 
 
 def test_a_prefilled_named_call_and_no_parallel_calls():
-    c = _constraint(written='{"name": "click", "arguments": ', parallel=False)
-    assert _allowed(c) == [4, 5, 7, 13]  # whitespace or the arguments
+    c = _constraint("click", named=True, parallel=False)  # the prompt holds <tool_call>\n{"name": "click", ...
+    assert _allowed(c) == [7, 13]  # the arguments
     for t in (7, 8, 4, CLOSE):
         c.advance(t)
     assert c.complete and _allowed(c) == [EOS]  # parallel_tool_calls false: one call only
-    with pytest.raises(ValueError, match="does not fit"):
-        _constraint(written='{"name": "scroll", "arguments": ')
+    with pytest.raises(ValueError, match="no function named 'scroll'"):
+        _constraint("scroll", named=True)
 
 
 def test_a_thinking_model_thinks_freely_then_calls():
     c = _constraint(opened=False, activate_after=THINK_END)
-    assert c.allows(14) and c.allows(EOS)  # reasoning is free
+    assert c.allows(14) and not c.allows(EOS)  # reasoning is free, but must end with </think> and a call
     c.advance(14)
     c.advance(THINK_END)
     assert _allowed(c) == [4, 5]  # "\n\n" (in one token or two), then "<tool_call>"
@@ -87,12 +90,72 @@ def test_a_thinking_model_thinks_freely_then_calls():
     assert _allowed(c) == [OPEN]
 
 
-def test_call_schema_names_and_refuses():
-    one = call_schema(TOOLS, "key")
-    assert one["properties"]["name"] == {"const": "key"} and one["properties"]["arguments"] == PARAMS["key"]
-    assert [a["properties"]["name"]["const"] for a in call_schema(TOOLS)["anyOf"]] == ["click", "key"]
+def test_forced_calls_name_their_functions_and_refuse_what_cannot_be_enforced():
+    assert [n for n, _ in forced_calls(TOOLS).functions] == ["click", "key"]
+    assert forced_calls(TOOLS, "key").functions == (("key", PARAMS["key"]),)
+    assert arguments_schema("f", None) == {"type": "object"} and arguments_schema("f", {}) == {"type": "object"}
+    assert arguments_schema("f", {"type": ["object", "null"]})["type"] == "object"  # arguments are an object
+    with pytest.raises(SchemaError, match="function 'f': parameters must describe an object"):
+        arguments_schema("f", {"type": "string"})
+    pattern = [{"type": "function", "function": {"name": "g", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}}}]
+    with pytest.raises(SchemaError, match="function 'g': .*'pattern'"):
+        forced_calls(pattern)
     with pytest.raises(ValueError, match="no function named 'scroll'"):
-        call_schema(TOOLS, "scroll")
+        forced_calls(TOOLS, "scroll")
+
+
+def _call(c: ToolCallConstraint, text: bytes) -> bool:
+    """Feed `text` byte by byte as one-byte tokens (the tags as their ids); False if a byte is refused."""
+    vocab = {bytes((b,)): 100 + b for b in range(256)}
+    c.token_bytes = lambda t: bytes((t - 100,)) if t >= 100 else None
+    for b in text:
+        tok = vocab[bytes((b,))]
+        if not c.allows(tok):
+            return False
+        c.advance(tok)
+    return True
+
+
+def test_every_one_of_many_tools_can_be_called():
+    """The call's name is read first and picks its function's machine: 100 tools are 100 choices, not 100 readings
+    of one anyOf (which the reading cap would cut to the first 64)."""
+    tools = [{"type": "function", "function": {"name": f"tool_{i}", "parameters": {
+        "type": "object", "properties": {"v": {"const": i}}, "required": ["v"]}}} for i in range(100)]
+    for i in (0, 63, 64, 99):
+        c = ToolCallConstraint(lambda t: None, [EOS], forced_calls(tools), OPEN, CLOSE)
+        assert _call(c, f'{{"name": "tool_{i}", "arguments": {{"v": {i}}}}}\n'.encode()), i
+        c2 = ToolCallConstraint(lambda t: None, [EOS], forced_calls(tools), OPEN, CLOSE)
+        assert not _call(c2, f'{{"name": "tool_{i}", "arguments": {{"v": {i + 1}}}}}'.encode())
+
+
+def test_refs_in_parameters_resolve_against_the_parameters():
+    params = {"$defs": {"Loc": {"type": "object", "properties": {"x": {"type": "integer", "maximum": 9}},
+                                "required": ["x"]}},
+              "type": "object", "properties": {"at": {"$ref": "#/$defs/Loc"}, "kids": {"type": "array",
+                                                                                   "items": {"$ref": "#"}}},
+              "required": ["at"]}
+    tools = [{"type": "function", "function": {"name": "put", "parameters": params}}]
+    ok = b'{"name": "put", "arguments": {"at": {"x": 3}, "kids": [{"at": {"x": 1}}]}}\n'
+    assert _call(ToolCallConstraint(lambda t: None, [EOS], forced_calls(tools), OPEN, CLOSE), ok)
+    bad = b'{"name": "put", "arguments": {"at": {"x": 30}'
+    assert not _call(ToolCallConstraint(lambda t: None, [EOS], forced_calls(tools), OPEN, CLOSE), bad)
+
+
+def test_arguments_are_always_an_object():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    for text, ok in ((b'{"name": "f", "arguments": {"a": [1]}}', True), (b'{"name": "f", "arguments": 5', False),
+                     (b'{"name": "f", "arguments": null', False)):
+        assert _call(ToolCallConstraint(lambda t: None, [EOS], forced_calls(tools), OPEN, CLOSE), text) == ok
+
+
+def test_a_stop_token_that_is_also_a_tag_and_a_thinking_model_that_must_get_to_its_call():
+    c = _constraint(end=(EOS, CLOSE))  # </tool_call> is a stop token too: still the expected tag, not an end
+    for t in (6, 7, 9):
+        c.advance(t)
+    assert _allowed(c) == [CLOSE]
+    thinking = _constraint(opened=False, activate_after=THINK_END)
+    assert not thinking.allows(EOS) and thinking.allows(14)  # no end before </think>: the call must come
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ With a JSON schema (`schema=`, compiled by `engine/schema.py`) the machine is a 
 is a document valid against the schema. Limits of plain JSON mode: the answer starts with
 `{` at once and runs of whitespace are capped (`WS_BASE + WS_PER_LEVEL * depth`, room for pretty-printing) so a
 model cannot pad forever; strings are checked for JSON escapes, control characters and UTF-8 well-formedness
-(byte-level tokens can hold part of a character, or a stray continuation byte). With `activate_after` (a Thinking model's `</think>` id) the constraint starts
-after the reasoning.
+(byte-level tokens can hold part of a character, or a stray continuation byte); numbers are at most `MAX_NUMBER`
+characters. With `activate_after` (a Thinking model's `</think>` id) the constraint starts after the reasoning, and
+the answer may not end before it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 WS_BASE, WS_PER_LEVEL = 8, 4  # a whitespace run may be WS_BASE + WS_PER_LEVEL * depth bytes (pretty-printing fits)
+MAX_NUMBER = 64  # characters in a number: a model looping on digits must stop (and Python reads ints to 4,300)
 WS = frozenset(b" \t\n\r")
 DIGITS = frozenset(b"0123456789")
 HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -111,7 +113,7 @@ class JsonMachine:
         if mode >= N_MINUS:
             nxt = self._number(mode, b)
             if nxt is not None:
-                return (stack, nxt, None, 0)
+                return (stack, nxt, aux + 1, 0) if aux < MAX_NUMBER else None
             if mode not in NUMBER_ENDS:
                 return None
             return self.feed((stack, AFTER, None, 0), b)  # the byte ends the number and goes on from there
@@ -154,11 +156,11 @@ class JsonMachine:
         if b == 0x22:
             return (stack, STRING, None, 0)
         if b == ord("-"):
-            return (stack, N_MINUS, None, 0)
+            return (stack, N_MINUS, 1, 0)
         if b == ord("0"):
-            return (stack, N_ZERO, None, 0)
+            return (stack, N_ZERO, 1, 0)
         if b in DIGITS:
-            return (stack, N_INT, None, 0)
+            return (stack, N_INT, 1, 0)
         if b in LITERALS:
             return (stack, LITERAL, LITERALS[b], 0)
         return None
@@ -213,8 +215,10 @@ class JsonConstraint:
         return self.active and self.machine.complete(self.state)
 
     def allows(self, token: int) -> bool:
-        if not self.active or self.failed:
+        if self.failed:
             return True
+        if not self.active:
+            return token not in self.end_ids  # a Thinking model must get to its answer: no end before </think>
         if token in self.end_ids:
             return self.machine.complete(self.state)
         if self.machine.final(self.state):

@@ -106,7 +106,7 @@ class Engine:
         if forced is not None:
             if self.token_bytes is None or self.tool_call_ids is None:
                 raise ValueError("forced_tool_calls needs the engine to know the token bytes and the <tool_call> ids")
-            call_schema = compile_schema(forced.schema)
+            machines = forced.machines()  # shared by the request's sequences
         seqs = []
         for i in range(params.n):
             gen = None
@@ -120,9 +120,8 @@ class Engine:
                                                 activate_after=self.json_after, schema=schema)
             elif forced is not None:
                 seq.constraint = ToolCallConstraint(
-                    self.token_bytes, self.eos_token_ids | set(params.stop_token_ids), call_schema,
-                    *self.tool_call_ids, written=forced.written, opened=forced.opened, parallel=forced.parallel,
-                    activate_after=None if forced.opened else self.json_after)
+                    self.token_bytes, self.eos_token_ids | set(params.stop_token_ids), forced, *self.tool_call_ids,
+                    activate_after=None if forced.opened else self.json_after, machines=machines)
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = seqs

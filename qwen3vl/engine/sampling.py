@@ -68,9 +68,6 @@ class SamplingParams:
             compile_schema(self.json_schema)  # SchemaError (a ValueError) names what cannot be enforced
             self.json_mode = True
         if self.forced_tool_calls is not None:
-            from qwen3vl.engine.schema import compile_schema
-
-            compile_schema(self.forced_tool_calls.schema)
             if self.json_mode:
                 bad("json_mode", "cannot be combined with forced tool calls")
             if self.ignore_eos:

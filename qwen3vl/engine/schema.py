@@ -25,12 +25,12 @@ longer `allOf`, remote `$ref`s.
 
 Forms the machine does not let the model write (the output is still valid, it just never takes them): whitespace
 before the top-level value and runs of whitespace longer than `WS_BASE + WS_PER_LEVEL * depth`; nesting deeper than
-`MAX_DEPTH`; malformed UTF-8; in objects that allow no undeclared names, a declared name spelled other than as
-`json.dumps` spells it (`\\u0061` for `a`); escaped surrogate pairs in strings with a length limit (the character
-is written as it is); integers with a fraction (`1.0`, which JSON Schema counts as an integer); exponents in numbers
-that have bounds; duplicate keys; `enum`/`const` values that are objects or arrays in any spelling but
-`json.dumps`'s two (`", "`/`": "` or compact). Bounds are checked on the exact decimal and on the float a validator
-reads. Not enforced: the "exactly one" of `oneOf` (it is read as `anyOf`; pydantic's tagged unions are disjoint).
+`MAX_DEPTH`; numbers longer than `MAX_NUMBER` characters; malformed UTF-8; in objects that allow no undeclared
+names, a declared name spelled other than as `json.dumps` spells it (`\\u0061` for `a`); escaped surrogate pairs in
+strings with a length limit (the character is written as it is); integers with a fraction (`1.0`, which JSON Schema
+counts as an integer); exponents in numbers that have bounds; duplicate keys; `enum`/`const` values that are objects
+or arrays in any spelling but `json.dumps`'s two (`", "`/`": "` or compact). Bounds are checked on the exact decimal
+and on the float a validator reads. Not enforced: the "exactly one" of `oneOf` (it is read as `anyOf`; pydantic's tagged unions are disjoint).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from qwen3vl.engine.constrain import (DIGITS, ESCAPES, HEX, NUMBER_ENDS, WS, WS_BASE, WS_PER_LEVEL, JsonMachine,
-                                      utf8_step)
+from qwen3vl.engine.constrain import (DIGITS, ESCAPES, HEX, MAX_NUMBER, NUMBER_ENDS, WS, WS_BASE, WS_PER_LEVEL,
+                                      JsonMachine, utf8_step)
 
 # thread modes (numbers reuse constrain's N_* modes, which are >= 20)
 VALUE, ARR_FIRST, OBJ_FIRST, OBJ_KEY, KEY, KEY_ESC, KEY_UHEX, COLON, AFTER, STRING, ESC, UHEX, LITERAL, ENUM = range(14)
@@ -564,7 +564,7 @@ class SchemaMachine:
 
     def closed(self, state: State) -> bool:
         """Whether the document is closed (only trailing whitespace could follow)."""
-        return all(t[0] == () and t[1] == AFTER for t in state)
+        return all(t[0] == () and (t[1] == AFTER or (t[1] == ENUM and t[3] == {b""})) for t in state)
 
     def final(self, state: State) -> bool:
         """Whether nothing more can be written: the document is closed and its trailing whitespace (which a model's
@@ -629,7 +629,9 @@ class SchemaMachine:
                 if (b in b".eE" and node.kind == "integer") or (b in b"eE" and node.bounded):
                     return ()  # a form this node does not take ('.', 'e' cannot end a number either)
                 text = aux + bytes((b,))
-                return [(stack, nxt, n, text, 0)] if not node.bounded or self._feasible(n, text) else ()
+                if len(text) > MAX_NUMBER or (node.bounded and not self._feasible(n, text)):
+                    return ()
+                return [(stack, nxt, n, text, 0)]
             if mode not in NUMBER_ENDS or (node.bounded and not self._feasible(n, aux, done=True)):
                 return ()
             return self._step((stack, AFTER, None, None, 0), b)

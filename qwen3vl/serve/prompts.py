@@ -27,7 +27,7 @@ from typing import Any
 from qwen3vl.engine.engine import PromptTooLongError
 from qwen3vl.engine.sampling import SamplingParams
 from qwen3vl.engine.schema import SchemaError, compile_schema
-from qwen3vl.engine.tool_constraint import ForcedCalls, call_schema
+from qwen3vl.engine.tool_constraint import ForcedCalls, forced_calls
 from qwen3vl.llm import LLM, media_items
 from qwen3vl.processing.messages import normalize_messages
 from qwen3vl.serve.errors import bad_request
@@ -69,19 +69,17 @@ def enforceable_schema(schema: Any, strict: bool) -> Any:
     return schema
 
 
-def forced_calls(llm: LLM, tools: list[dict[str, Any]], name: str | None, written: str,
-                 parallel: bool) -> ForcedCalls | None:
+def constrained_calls(llm: LLM, tools: list[dict[str, Any]], name: str | None, parallel: bool) -> ForcedCalls | None:
     """The constraint for a forced call (tool_choice "required" or named): calls valid against the tools' schemas.
     None (unconstrained, logged) when a function's parameters use a keyword the decoder cannot enforce."""
     if llm.engine.tool_call_ids is None:
+        log.warning("tool calls not constrained: the tokenizer has no <tool_call>/</tool_call> added tokens")
         return None
-    schema = call_schema(tools, name)
-    try:
-        compile_schema(schema)
+    try:  # an Instruct model's answer is prefilled (see chat_job); a Thinking model writes the call's opening
+        return forced_calls(tools, name, named=not llm.thinking, opened=not llm.thinking, parallel=parallel)
     except SchemaError as e:
         log.warning("tool call arguments not constrained: %s", e)
         return None
-    return ForcedCalls(schema, written=written, opened=not llm.thinking, parallel=parallel)
 
 
 def _check_length(llm: LLM, n: int) -> None:
@@ -118,15 +116,14 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
     notes = []
     if tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
         name = choice.function.name if isinstance(choice, NamedToolChoice) else None
-        written = ""
         if llm.thinking:
             notes.append(f"You must call the function {name}." if name
                          else "You must call at least one of the provided functions.")
         else:
-            written = f'{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": ' if name else ""
-            prefix = "<tool_call>\n" + written
+            prefix = "<tool_call>\n" + (f'{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
+                                        if name else "")
         if not params.ignore_eos:  # (ignore_eos would write past the calls: left unconstrained, as before)
-            params.forced_tool_calls = forced_calls(llm, tools, name, written, req.parallel_tool_calls is not False)
+            params.forced_tool_calls = constrained_calls(llm, tools, name, req.parallel_tool_calls is not False)
     fmt = req.response_format
     json_mode = fmt is not None and fmt.type in ("json_object", "json_schema")
     if json_mode:
