@@ -137,12 +137,12 @@ class LLM:
         self.eos_token_ids = sorted({eos} if isinstance(eos, int) else set(eos) or set(self.tokenizer.special.stop))
         think_end = self.tokenizer.token_to_id("</think>") if self.thinking else None
         call_ids = (self.tokenizer.token_to_id("<tool_call>"), self.tokenizer.token_to_id("</tool_call>"))
-        if any(i is None or self.tokenizer.text_bytes(i) is not None for i in call_ids):
-            call_ids = (None, None)  # forced calls need the tags as added tokens of their own
+        # forced calls need the tags as added tokens of their own (text_bytes is None only for those)
+        tags = all(i is not None and self.tokenizer.text_bytes(i) is None for i in call_ids)
         self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode,
                              runner=self._parallel.runner if self._parallel else None,
                              token_bytes=self.tokenizer.text_bytes, json_after=think_end,
-                             tool_call_ids=call_ids if None not in call_ids else None)
+                             tool_call_ids=call_ids if tags else None)
 
     def close(self) -> None:
         """Stop the tensor-parallel worker ranks (nothing to do for a single-process LLM); safe to call twice."""

@@ -62,7 +62,22 @@ NUMBER_ENDS = frozenset({N_ZERO, N_INT, N_FRAC, N_EXP})  # a number may stop her
 State = tuple
 
 
-class JsonMachine:
+class ByteMachine:
+    """What the JSON and schema recognisers share: `feed(state, byte)` gives the next state or None."""
+
+    def feed(self, state, b: int):
+        raise NotImplementedError
+
+    def run(self, state, data: bytes):
+        """The state after `data`, or None as soon as a byte cannot come next."""
+        for b in data:
+            if state is None:
+                return None
+            state = self.feed(state, b)
+        return state
+
+
+class JsonMachine(ByteMachine):
     """Byte-level JSON recogniser; `start()` accepts one object (`top_object=True`) or any value."""
 
     def __init__(self, top_object: bool = True):
@@ -183,13 +198,6 @@ class JsonMachine:
         if mode in (N_ESIGN, N_EXP):
             return N_EXP if digit else None
         return None
-
-    def run(self, state: State | None, data: bytes) -> State | None:
-        for b in data:
-            if state is None:
-                return None
-            state = self.feed(state, b)
-        return state
 
 
 class JsonConstraint:

@@ -42,7 +42,7 @@ from fractions import Fraction
 from typing import Any
 
 from qwen3vl.engine.constrain import (DIGITS, ESCAPES, HEX, MAX_NUMBER, NUMBER_ENDS, WS, WS_BASE, WS_PER_LEVEL,
-                                      JsonMachine, utf8_step)
+                                      ByteMachine, JsonMachine, utf8_step)
 
 # thread modes (numbers reuse constrain's N_* modes, which are >= 20)
 VALUE, ARR_FIRST, OBJ_FIRST, OBJ_KEY, KEY, KEY_ESC, KEY_UHEX, COLON, AFTER, STRING, ESC, UHEX, LITERAL, ENUM = range(14)
@@ -70,7 +70,7 @@ Bound = tuple[Fraction, bool] | None  # (value, exclusive)
 
 @dataclass
 class Node:
-    kind: str  # one of TYPES, or "enum", "union", "any", "never"
+    kind: str  # one of TYPES, or "enum", "union" (a `true` schema is the union of all types), "never"
     names: dict[str, int] = field(default_factory=dict)  # declared property -> node
     props: dict[bytes, str] = field(default_factory=dict)  # declared property as json.dumps writes it -> property
     required: frozenset[str] = frozenset()
@@ -322,7 +322,28 @@ class Schema:
 
 
 def compile_schema(schema: Any) -> Schema:
-    """Compile a JSON schema for constrained decoding; `SchemaError` names what cannot be enforced."""
+    """Compile a JSON schema for constrained decoding; `SchemaError` names what cannot be enforced.
+
+    Remembered by the schema's JSON text: a request's schema is checked when its parameters are validated and
+    compiled again where its sequences start, and an API client sends the same schema with every request. (A
+    compiled schema is never changed afterwards, so sharing it is safe.)"""
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):  # not JSON, or too deep: `_compile` says how
+        return _compile(schema)
+    hit = _compiled.get(key)
+    if hit is None:
+        hit = _compile(schema)
+        if len(_compiled) >= 128:
+            _compiled.pop(next(iter(_compiled)))
+        _compiled[key] = hit
+    return hit
+
+
+_compiled: dict[str, Schema] = {}
+
+
+def _compile(schema: Any) -> Schema:
     c = _Compiler(schema)
     try:
         root = c.compile(schema, "#")
@@ -520,7 +541,7 @@ MAX_THREADS = 64  # readings kept at once (recursive unions that begin alike wou
 MAX_DEPTH = 256  # nesting levels (Python's json reader refuses documents much deeper than ~1,000)
 
 
-class SchemaMachine:
+class SchemaMachine(ByteMachine):
     """Byte-level recogniser of the JSON documents valid against a compiled schema."""
 
     def __init__(self, schema: Schema | dict):
@@ -551,13 +572,6 @@ class SchemaMachine:
         # every thread is a valid reading that can be finished, so keeping only the first ones stays sound
         return tuple(out)[:MAX_THREADS] if out else None
 
-    def run(self, state: State | None, data: bytes) -> State | None:
-        for b in data:
-            if state is None:
-                return None
-            state = self.feed(state, b)
-        return state
-
     def complete(self, state: State) -> bool:
         """Whether the bytes so far are a whole valid document (the answer may end here)."""
         return any(self._ends(t) for t in state)
@@ -579,7 +593,7 @@ class SchemaMachine:
             return True
         if mode == ENUM:
             return b"" in aux
-        return mode in NUMBER_ENDS and _number_ok(self.nodes[node], aux)
+        return mode in NUMBER_ENDS and (not self.nodes[node].bounded or self._feasible(node, aux, done=True))
 
     # -- one byte --
     def _step(self, t: Thread, b: int) -> list[Thread] | tuple:
