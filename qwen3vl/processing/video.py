@@ -1,9 +1,17 @@
 """Videos: decode with PyAV keeping only the sampled frames, resize each as it is kept, then patchify.
 
-Memory stays bounded by the output: frames are decoded in order (inter-frame codecs need that), frames that are not
-sampled are dropped without RGB conversion, each sampled frame is resized at once and streamed into the preallocated
-`pixel_values` one temporal patch at a time (`PatchWriter`), and decoding stops after the last sampled frame. A
-10-minute 1080p video therefore costs its `pixel_values` plus a few frames, never its 18 000 full-size frames.
+Memory stays bounded by the output: frames that are not sampled are dropped without RGB conversion, each sampled
+frame is resized at once and streamed into the preallocated `pixel_values` one temporal patch at a time
+(`PatchWriter`), and decoding stops after the last sampled frame. A 10-minute 1080p video therefore costs its
+`pixel_values` plus a few frames, never its 18 000 full-size frames.
+
+Frame k is the k-th frame the decoder puts out, as in the references (which decode every frame and index them).
+Where the sampled frames lie more than a keyframe interval apart (a long video, a low `fps`), decoding the frames in
+between is wasted: `iter_frames` then reads the packets' timestamps and keyframe flags first (demuxing only, no
+decoding), and seeks to the keyframe before each sampled frame. Frame k is the packet with the k-th smallest
+presentation timestamp; a seeked decode must meet every sampled timestamp exactly, or the rest of the video is
+decoded in order after all. Packets without timestamps, repeated timestamps, or a packet count that disagrees with
+the header mean decoding in order from the start.
 
 Frames are resized with bicubic + antialias on uint8 through torch (`F.interpolate`, round, clamp), which is what the
 torchvision resize in both references (qwen-vl-utils, transformers' video processor) does. Sampling rules and sizes
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,17 +199,120 @@ def probe(data: bytes | Path) -> tuple[int, float, int, int]:
     return total, fps, height, width
 
 
-def iter_frames(data: bytes | Path, indices: Sequence[int], height: int, width: int) -> Iterator[np.ndarray]:
-    """The frames at ascending `indices` (repeats allowed), each resized to (height, width) as it is decoded.
+# A seek is worth it when it skips at least this many frames (flushing the decoder and starting again at a keyframe
+# costs a few frames' decoding of its own).
+SEEK_MIN_SKIP = 16
 
-    Yields uint8 (height, width, 3) arrays in order. If the stream ends before a requested index (headers can
-    overstate the frame count), the last decoded frame stands in for the rest, with a warning; a stream that yields
-    no frame at all is an error.
-    """
+
+def _seek_plan(data: bytes | Path, indices: Sequence[int]) -> list[tuple[int, int | None]] | None:
+    """For each distinct index in `indices`: (its frame's presentation timestamp, the timestamp to seek to before
+    decoding it, or None to go on decoding from the previous one). None when no seek would pay or the packet
+    timestamps cannot be trusted to number the frames."""
     import av
 
+    distinct = sorted(set(indices))
+    if max(b - a for a, b in zip([-1, *distinct], distinct)) - 1 < SEEK_MIN_SKIP:
+        return None  # no gap wide enough for a seek to pay: spare the demuxing pass
+    container = _open(data)
+    try:
+        stream = container.streams.video[0]
+        declared = stream.frames
+        pts: list[int] = []
+        keys: list[tuple[int, int]] = []  # (pts, where to seek for it: its dts, which demuxers index by)
+        for packet in container.demux(stream):
+            if not packet.size or packet.is_discard:
+                continue
+            if packet.pts is None:
+                return None
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append((packet.pts, packet.dts if packet.dts is not None else packet.pts))
+    except av.FFmpegError:
+        return None
+    finally:
+        container.close()
+    order = sorted(pts)
+    if not keys or len(set(order)) != len(order) or (declared and declared != len(order)) or indices[-1] >= len(order):
+        return None
+    keys.sort()
+    key_pts = [k for k, _ in keys]
+    plan: list[tuple[int, int | None]] = []
+    done = -1  # frames up to this index are behind the decoder
+    for index in distinct:
+        target = order[index]
+        j = bisect_right(key_pts, target) - 1
+        if j < 0:
+            return None  # a frame before the first keyframe: only decoding from the start reaches it
+        key = bisect_left(order, key_pts[j])  # the keyframe's frame index
+        seek = key - done - 1 >= SEEK_MIN_SKIP
+        plan.append((target, keys[j][1] if seek else None))
+        done = index
+    return plan if any(s is not None for _, s in plan) else None
+
+
+class _SeekMissed(Exception):
+    """A seek did not land where the plan said: the rest is decoded in order."""
+
+
+def _frames_seeking(data: bytes | Path, plan: list[tuple[int, int | None]], height: int, width: int
+                    ) -> Iterator[np.ndarray]:
+    """The planned frames, resized, one by one; raises _SeekMissed when a planned timestamp is not met."""
+    import av
+
+    container = _open(data)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = None
+        for target, seek_to in plan:
+            if frames is None or seek_to is not None:
+                if seek_to is not None:
+                    container.seek(seek_to, stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+            frame = None
+            for frame in frames:
+                if frame.pts is None or frame.pts >= target:
+                    break
+            if frame is None or frame.pts != target:
+                raise _SeekMissed
+            yield resize_frame(frame.to_ndarray(format="rgb24"), height, width)
+    except av.FFmpegError:
+        raise _SeekMissed from None
+    finally:
+        container.close()
+
+
+def iter_frames(
+    data: bytes | Path, indices: Sequence[int], height: int, width: int, seek: bool = True
+) -> Iterator[np.ndarray]:
+    """The frames at ascending `indices` (repeats allowed), each resized to (height, width) as it is decoded.
+
+    Yields uint8 (height, width, 3) arrays in order. With `seek`, sampled frames far apart are reached by seeking
+    to keyframes (module docstring); the frames are the same. If the stream ends before a requested index (headers
+    can overstate the frame count), the last decoded frame stands in for the rest, with a warning; a stream that
+    yields no frame at all is an error.
+    """
     if any(b < a for a, b in zip(indices, indices[1:], strict=False)):
         raise ValueError("frame indices must be ascending")
+    plan = _seek_plan(data, indices) if seek and len(indices) > 0 else None
+    if plan is None:
+        yield from _frames_in_order(data, indices, height, width)
+        return
+    pos = 0  # indices[:pos] are out
+    try:
+        for frame in _frames_seeking(data, plan, height, width):
+            index = indices[pos]
+            while pos < len(indices) and indices[pos] == index:
+                yield frame
+                pos += 1
+    except _SeekMissed:
+        logger.info("video seeking missed frame %d; decoding the rest in order", indices[pos])
+        yield from _frames_in_order(data, indices[pos:], height, width)
+
+
+def _frames_in_order(data: bytes | Path, indices: Sequence[int], height: int, width: int) -> Iterator[np.ndarray]:
+    import av
+
     n, pos = len(indices), 0
     last: np.ndarray | None = None
     container = _open(data)

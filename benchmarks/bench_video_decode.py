@@ -1,0 +1,109 @@
+"""Time to read the sampled frames of a long video: ours with keyframe seeking, ours decoding every frame in order,
+and transformers 5.23's PyAV reader (`transformers.video_utils.read_video_pyav`, which decodes every frame up to
+the last sampled one), on the same file and the same frame indices, all three at the source size (decode and RGB
+conversion; resizing and patchifying come after and are the same either way).
+
+Writes a synthetic video with PyAV (default: 20 minutes of 320x180 at 30 fps, H.264 with a keyframe every second,
+as phone cameras and streaming encoders write them) and samples it with the checkpoint defaults (2 fps, at most
+768 frames; `--item` adds per-item keys such as '{"fps": 0.5}'). The three readers must give identical frames; the
+script checks that before it prints.
+
+    python benchmarks/bench_video_decode.py
+    python benchmarks/bench_video_decode.py --minutes 5 --gop 250 --item '{"fps": 0.5}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_video(path: Path, seconds: float, width: int, height: int, fps: int, gop: int) -> int:
+    import av
+
+    n = int(round(seconds * fps))
+    y, x = np.mgrid[0:height, 0:width]
+    base = ((x // 8 + y // 8) % 256).astype(np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "30", "g": str(gop)}
+        stream.thread_type = "AUTO"
+        img = np.empty((height, width, 3), dtype=np.uint8)
+        for i in range(n):
+            img[..., 0] = base + np.uint8(i % 256)
+            img[..., 1] = base * np.uint8(2) - np.uint8(i % 256)
+            img[..., 2] = (i * 7) % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return n
+
+
+def best_of(fn, runs: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=20)
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=180)
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--gop", type=int, default=30, help="frames between keyframes")
+    ap.add_argument("--item", default="{}", help="per-item video keys as JSON")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers.video_utils import read_video_pyav
+
+    from qwen3vl.processing import video as V
+    from qwen3vl.processing.preprocessor_config import VideoConfig
+
+    cfg, opts = VideoConfig(), V.VideoOptions.from_item(json.loads(args.item))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long.mp4"
+        t = time.perf_counter()
+        n = write_video(path, args.minutes * 60, args.width, args.height, args.fps, args.gop)
+        print(f"wrote {n} frames in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        total, fps, h, w = V.probe(path)
+        indices = V._plan_file(total, fps, h, w, cfg, opts, "qwen-vl-utils").indices
+
+        plan = V._seek_plan(path, indices)
+        seeks = 0 if plan is None else sum(1 for _, where in plan if where is not None)
+
+        def ours(seek: bool):
+            return np.stack(list(V.iter_frames(path, indices, h, w, seek=seek)))
+
+        t_seek, seeking = best_of(lambda: ours(True), args.runs)
+        t_order, in_order = best_of(lambda: ours(False), args.runs)
+        t_ref, (ref, _) = best_of(lambda: read_video_pyav(str(path), lambda metadata, **kw: indices), args.runs)
+        assert np.array_equal(seeking, in_order) and np.array_equal(seeking, ref), "the readers disagree"
+
+    print(f"\n{args.minutes:g} min {args.width}x{args.height} @ {args.fps} fps, keyframe every {args.gop} frames, "
+          f"{len(indices)} frames sampled (one in {total / len(indices):.0f}; {seeks} seeks), item {args.item}\n")
+    print("| reader | seconds | vs transformers |")
+    print("|---|---|---|")
+    for name, sec in (("transformers read_video_pyav", t_ref), ("qwen3vl, in order", t_order),
+                      ("qwen3vl, seeking", t_seek)):
+        print(f"| {name} | {sec:.2f} | {t_ref / sec:.2f}x |")
+    print(f"\ncommand: python benchmarks/bench_video_decode.py {' '.join(sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    main()
