@@ -86,9 +86,25 @@ def build_llm(args: argparse.Namespace):
                    kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
                    max_batch_tokens=args.max_batch_tokens, chat_format=args.chat_format, media=media,
                    allow_remote_media=args.allow_remote_media, progress=sys.stderr.isatty(),
-                   tensor_parallel_size=args.tensor_parallel_size, lora=args.lora)
+                   tensor_parallel_size=args.tensor_parallel_size, lora=args.lora,
+                   lora_modules=lora_modules_arg(getattr(args, "lora_modules", None)))
     except (ModelNotFoundError, AdapterError) as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def lora_modules_arg(items: list[str] | None) -> dict[str, str] | None:
+    """NAME=ADAPTER items (vLLM's --lora-modules) -> {name: adapter}."""
+    if not items:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"error: --lora-modules takes NAME=ADAPTER items, got {item!r}")
+        if name in out:
+            raise SystemExit(f"error: --lora-modules names {name!r} twice")
+        out[name] = path
+    return out
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:

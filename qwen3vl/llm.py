@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 _SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                   "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "n", "logprobs",
-                  "json_mode", "json_schema", "forced_tool_calls")
+                  "json_mode", "json_schema", "forced_tool_calls", "adapter")
 _MEDIA_KEYS = ("min_pixels", "max_pixels", "fps", "max_frames", "min_frames", "total_pixels")
 
 
@@ -96,7 +96,8 @@ class LLM:
                  max_batch_tokens: int = 2048, enable_prefix_cache: bool = True, vision_cache_mb: int = 512,
                  chat_format: str = "auto", media: dict[str, Any] | None = None, allow_remote_media: bool = False,
                  progress: bool = False, tensor_parallel_size: int = 1,
-                 lora: str | Path | list[str | Path] | None = None):
+                 lora: str | Path | list[str | Path] | None = None,
+                 lora_modules: dict[str, str | Path] | None = None):
         from qwen3vl.model.qwen3vl import load_model
         from qwen3vl.processing.processor import load_processor
         from qwen3vl.weights.hub import resolve_checkpoint
@@ -109,7 +110,7 @@ class LLM:
                               max_model_len=max_model_len, enable_prefix_cache=enable_prefix_cache,
                               vision_cache_bytes=vision_cache_mb * 1024**2)
         adapters = [lora] if isinstance(lora, (str, Path)) else list(lora or [])
-        if adapters and tensor_parallel_size > 1:
+        if (adapters or lora_modules) and tensor_parallel_size > 1:
             from qwen3vl.weights.adapters import AdapterError
 
             raise AdapterError("LoRA adapters with tensor_parallel_size > 1 are not supported: merge them into a "
@@ -143,6 +144,32 @@ class LLM:
                              runner=self._parallel.runner if self._parallel else None,
                              token_bytes=self.tokenizer.text_bytes, json_after=think_end,
                              tool_call_ids=call_ids if tags else None)
+        for name, path in (lora_modules or {}).items():
+            self.add_lora(name, path, revision=None)
+
+    # ------------------------------------------------------------------ per-request LoRA adapters
+    def add_lora(self, name: str, adapter: str | Path, revision: str | None = None) -> None:
+        """Load a peft LoRA adapter (folder or hub id) under `name`, unmerged: a request uses it with
+        `adapter=name` (`chat(..., adapter="name")`), others keep the base model, in the same batch
+        (qwen3vl/engine/adapters.py). Adapters on the vision encoder, embeddings or LM head are refused
+        (AdapterError): merge those at load with `LLM(lora=...)`."""
+        if self.engine.adapters is None:
+            from qwen3vl.weights.adapters import AdapterError
+
+            raise AdapterError("per-request LoRA adapters are not supported with tensor parallelism")
+        self.engine.adapters.add(name, adapter, revision)
+
+    def remove_lora(self, name: str) -> None:
+        """Unload an adapter added with `add_lora` (requests still using it must have finished)."""
+        if any(s.params.adapter == name for seqs in self.engine.requests.values() for s in seqs
+               if s.finish_reason is None):
+            raise ValueError(f"adapter {name!r} is in use by a running request")
+        self.engine.adapters.remove(name)
+
+    @property
+    def loras(self) -> list[str]:
+        """Names of the adapters loaded with `add_lora` / `lora_modules`."""
+        return self.engine.adapters.names() if self.engine.adapters is not None else []
 
     def close(self) -> None:
         """Stop the tensor-parallel worker ranks (nothing to do for a single-process LLM); safe to call twice."""

@@ -76,6 +76,8 @@ class Engine:
         # a runner passed in (tensor parallelism: `qwen3vl.parallel`) was built for `cfg.num_blocks` blocks
         self.runner = runner if runner is not None else ModelRunner(model, num_blocks, cfg.block_size,
                                                                     cfg.vision_cache_bytes)
+        # per-request LoRA adapters (None with a tensor-parallel runner: not supported there)
+        self.adapters = getattr(self.runner, "adapters", None)
         self.eos_token_ids = set(eos_token_ids)
         self.decode_fn = decode
         self.requests: dict[str, list[Sequence]] = {}
@@ -91,6 +93,10 @@ class Engine:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not prompt_ids:
             raise ValueError("the prompt is empty")
+        if params.adapter is not None:
+            if self.adapters is None:
+                raise ValueError("per-request LoRA adapters are not supported with tensor parallelism")
+            self.adapters.id_of(params.adapter)  # ValueError naming the loaded ones
         media = sorted(media or [], key=lambda m: m.offset)
         kinds = kinds or ["image"] * len(media)
         n = len(prompt_ids)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qwen3vl.engine.adapters import AdapterSet
 from qwen3vl.engine.scheduler import Chunk
 from qwen3vl.engine.sequence import MediaItem
 
@@ -163,6 +164,7 @@ class ModelRunner:
                              self.dtype, self.device)
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.merge = model.config.vision_config.spatial_merge_size
+        self.adapters = AdapterSet(model)  # LoRA adapters chosen per request (SamplingParams.adapter)
 
     def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
         pos = torch.arange(start, end)
@@ -212,9 +214,11 @@ class ModelRunner:
         vis_rows: list[tuple[str, int, int]] = []
         vis_index: list[int] = []
         sample_rows: list[int] = []
+        adapter_rows: list[tuple[int, int]] = []  # (adapter id, tokens), per chunk
         for c in chunks:
             seq, q_start = c.seq, len(ids)
             ids += seq.tokens(c.start, c.end)
+            adapter_rows.append((self.adapters.id_of(seq.params.adapter), c.end - c.start))
             positions.append(seq.positions(c.start, c.end))
             slots = self._slots(seq.block_table, 0, c.end)
             new_slots.append(slots[c.start:])
@@ -229,7 +233,7 @@ class ModelRunner:
                           positions=torch.from_numpy(np.concatenate(positions, axis=1)),
                           new_slots=torch.cat(new_slots), seqs=attn, vis_rows=vis_rows,
                           vis_index=torch.tensor(vis_index, dtype=torch.long), sample_rows=sample_rows,
-                          encode=self._vision_work(chunks))
+                          encode=self._vision_work(chunks), adapters=_token_adapters(adapter_rows))
 
     @torch.inference_mode()
     def run(self, inputs: "StepInputs") -> torch.Tensor:
@@ -251,7 +255,11 @@ class ModelRunner:
             x = x.masked_scatter(visual_mask[..., None], embeds.to(x.dtype))
         elif inputs.encode:  # nothing of these items is in this step's tokens, but keep caches in step
             self._features(inputs)
-        hidden = self.model.decode(x, pos, backend, visual_mask, deepstack)
+        self.adapters.begin(inputs.adapters, dev)
+        try:
+            hidden = self.model.decode(x, pos, backend, visual_mask, deepstack)
+        finally:
+            self.adapters.end()
         if not inputs.sample_rows:
             return torch.empty(0, self.model.config.text_config.vocab_size)
         rows = hidden[0, torch.tensor(inputs.sample_rows, device=dev)]
@@ -274,3 +282,10 @@ class StepInputs:
     vis_index: torch.Tensor  # positions among the T tokens that take visual features
     sample_rows: list[int]  # token index whose logits are returned, per sampling chunk
     encode: list[tuple[str, tuple, torch.Tensor]]  # media to run through the ViT this step
+    adapters: torch.Tensor | None = None  # (T,) LoRA adapter id per token (0: none); None when no token has one
+
+
+def _token_adapters(rows: list[tuple[int, int]]) -> torch.Tensor | None:
+    if not any(aid for aid, _ in rows):
+        return None
+    return torch.cat([torch.full((n,), aid, dtype=torch.long) for aid, n in rows])

@@ -35,6 +35,7 @@ class SamplingParams:
     json_mode: bool = False  # constrain the answer to one valid JSON object (engine/constrain.py)
     json_schema: dict | bool | None = None  # constrain it to a document valid against this schema (engine/schema.py)
     forced_tool_calls: Any = None  # tool_constraint.ForcedCalls: the answer is tool calls valid against their schemas
+    adapter: str | None = None  # a LoRA adapter loaded by name (engine/adapters.py); None: the base model
 
     def validate(self) -> "SamplingParams":
         def bad(name: str, why: str):

@@ -68,6 +68,8 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
     engine_loop = EngineLoop(llm, metrics, max_queue=settings.max_queue, request_timeout=settings.request_timeout,
                              preprocess_workers=settings.preprocess_workers)
     names = settings.served_model_names
+    if set(names) & set(llm.loras):
+        raise ValueError(f"LoRA adapter names {sorted(set(names) & set(llm.loras))} are also served model names")
     max_body = int(settings.max_request_mb * 2**20)
 
     @asynccontextmanager
@@ -94,13 +96,17 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
                                                              f"{request.url.path}"}.get(e.status_code, str(e.detail))
         return JSONResponse(error_body(message, "invalid_request_error"), status_code=e.status_code)
 
-    def check_model(model: str | None) -> None:
-        if model is not None and model not in names:
-            raise APIError(404, f"the model {model!r} does not exist; this server serves {', '.join(names)}",
-                           "model", "model_not_found")
+    def check_model(model: str | None) -> str | None:
+        """The LoRA adapter a model name selects (None: the base model); 404 for a name not served."""
+        if model is None or model in names:
+            return None
+        if model in llm.loras:
+            return model
+        raise APIError(404, f"the model {model!r} does not exist; this server serves "
+                            f"{', '.join(names + llm.loras)}", "model", "model_not_found")
 
-    def envelope(prefix: str) -> R.Envelope:
-        return R.Envelope(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), names[0])
+    def envelope(prefix: str, adapter: str | None = None) -> R.Envelope:
+        return R.Envelope(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), adapter or names[0])
 
     # ------------------------------------------------------------------ routes
     @app.get("/health")
@@ -111,11 +117,13 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [_model_card(n, llm) for n in names]}
+        return {"object": "list", "data": [_model_card(n, llm) for n in names]
+                + [_adapter_card(a, llm, names[0]) for a in llm.loras]}
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str):
-        check_model(model)
+        if check_model(model) is not None:
+            return _adapter_card(model, llm, names[0])
         return _model_card(model, llm)
 
     @app.get("/metrics")
@@ -142,13 +150,13 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         arrival = time.monotonic()
         body = await read_json(request, max_body)
         req = parse(ChatCompletionRequest, body)
-        check_model(req.model)
-        params = sampling_params(llm, req.sampling(), settings.sampling_defaults)
+        adapter = check_model(req.model)
+        params = sampling_params(llm, {**req.sampling(), "adapter": adapter}, settings.sampling_defaults)
         try:
             build = chat_job(llm, req, body.get("tools") if req.tools else None, params, policy)
         except (MessageFormatError, MediaError) as e:
             raise bad_request(str(e), "messages") from None
-        env = envelope("chatcmpl")
+        env = envelope("chatcmpl", adapter)
         events = (lambda h: _chat_events(env, h, req.n, req.include_usage)) if req.stream else None
         return await run(request, env, build, arrival, events, R.chat_completion)
 
@@ -157,9 +165,9 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         arrival = time.monotonic()
         body = await read_json(request, max_body)
         req = parse(CompletionRequest, body)
-        check_model(req.model)
-        params = sampling_params(llm, req.sampling(), settings.sampling_defaults)
-        env = envelope("cmpl")
+        adapter = check_model(req.model)
+        params = sampling_params(llm, {**req.sampling(), "adapter": adapter}, settings.sampling_defaults)
+        env = envelope("cmpl", adapter)
         events = (lambda h: _completion_events(env, h, req.include_usage)) if req.stream else None
         return await run(request, env, completion_job(llm, req, params), arrival, events, R.completion)
 
@@ -169,6 +177,11 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
 def _model_card(name: str, llm: LLM) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "qwen3vl", "root": str(llm.path),
             "max_model_len": llm.engine.max_model_len}
+
+
+def _adapter_card(name: str, llm: LLM, base: str) -> dict[str, Any]:
+    """A LoRA adapter served next to the base model (as vLLM lists them: `parent` is the base model)."""
+    return {**_model_card(name, llm), "root": str(llm.engine.adapters.folders[name]), "parent": base}
 
 
 async def _chat_events(env: R.Envelope, handle: RequestHandle, n: int, include_usage: bool) -> AsyncIterator[str]:

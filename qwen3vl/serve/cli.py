@@ -28,6 +28,9 @@ def add_serve_parser(sub) -> None:
                         "$QWEN3VL_API_KEY, else no key)")
     g.add_argument("--served-model-name", nargs="+", default=None,
                    help="model name(s) clients send (default: the --model argument); the first is reported")
+    g.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME=ADAPTER",
+                   help="peft LoRA adapters (folders or hub ids) served unmerged next to the base model: a request "
+                        "whose `model` is NAME uses that adapter; others keep the base model, in the same batch")
     g.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait beyond --max-num-seqs running ones; more get 429")
     g.add_argument("--request-timeout", type=float, default=600.0,

@@ -1,0 +1,163 @@
+"""LoRA adapters chosen per request (engine/adapters.py): a request with `adapter=NAME` gets what the model with that
+adapter merged gives (same tokens, logprobs within 1e-4 in float32), mixed in one batch with base-model requests and
+requests of another adapter; the prefix cache never hands one adapter's keys and values to another; the server
+routes `model: NAME` to the adapter and lists it; adapters that cannot be applied per request are refused by name."""
+
+from __future__ import annotations
+
+import openai
+import peft
+import pytest
+import torch
+from transformers import Qwen3VLForConditionalGeneration
+
+from qwen3vl.llm import LLM
+from qwen3vl.serve.app import ServeSettings, create_app
+from qwen3vl.serve.testing import ServerThread, image_message, png_data_uri
+from qwen3vl.train.testing import write_tiny_base
+from qwen3vl.weights.adapters import AdapterError
+
+SAMPLING = dict(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=0)
+CONVS = [
+    [{"role": "user", "content": "Tell me about the sea."}],
+    image_message("What is in the picture?", png_data_uri(1)),
+]
+
+
+def _adapter(base, folder, seed: int, **config):
+    """A random (non-identity) peft LoRA on transformers' model of `base`, saved to `folder`."""
+    torch.manual_seed(seed)
+    hf = Qwen3VLForConditionalGeneration.from_pretrained(base)
+    model = peft.get_peft_model(hf, peft.LoraConfig(init_lora_weights=False, **config))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)  # large enough to change greedy tokens
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    base = write_tiny_base(root / "base", seed=5)
+    a = _adapter(base, root / "a", 1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
+    b = _adapter(base, root / "b", 2, r=2, lora_alpha=4, target_modules=["o_proj", "down_proj", "gate_proj"],
+                 use_rslora=True)
+    vision = _adapter(base, root / "vision", 3, r=2, lora_alpha=4, target_modules=["qkv"])
+    return {"base": base, "a": a, "b": b, "vision": vision}
+
+
+@pytest.fixture(scope="module")
+def served(folders):
+    return LLM(folders["base"], device="cpu", kv_cache_gb=0.05, lora_modules={"a": folders["a"], "b": folders["b"]})
+
+
+def _run(llm: LLM, jobs: list[tuple[list, str | None]]) -> list[tuple[list[int], list[float]]]:
+    """Submit every (conversation, adapter) at once, step until all finish: (token ids, logprobs) per job."""
+    submitted = [llm.submit(conv, adapter=adapter, **SAMPLING)[1][0] for conv, adapter in jobs]
+    while any(s.finish_reason is None for s in submitted):
+        llm.engine.step()
+    return [(list(s.output_ids), [lp for lp, _ in s.logprobs]) for s in submitted]
+
+
+def _merged(folders, name):
+    return LLM(folders["base"], device="cpu", kv_cache_gb=0.05, lora=None if name is None else folders[name])
+
+
+def _same(got, want):
+    assert got[0] == want[0]
+    torch.testing.assert_close(torch.tensor(got[1]), torch.tensor(want[1]), atol=1e-4, rtol=0)
+
+
+def test_a_mixed_batch_gives_each_request_its_merged_models_answer(folders, served):
+    jobs = [(conv, adapter) for conv in CONVS for adapter in (None, "a", "b")]
+    got = _run(served, jobs)
+    want = {}
+    for name in (None, "a", "b"):
+        want[name] = _run(_merged(folders, name), [(conv, None) for conv in CONVS])
+    for k, (conv, adapter) in enumerate(jobs):
+        _same(got[k], want[adapter][CONVS.index(conv)])
+    # the adapters change the answers (else this test could not tell them apart)
+    assert len({tuple(want[n][0][0]) for n in want}) == 3
+
+
+def test_the_prefix_cache_keeps_adapters_apart(folders, served):
+    conv = [{"role": "user", "content": "A prompt no other test sends, long enough to fill a few cache blocks."}]
+    base_answer = _run(served, [(conv, None)])[0]  # its blocks stay cached after it finishes
+    hits = served.engine.blocks.hits
+    a_answer = _run(served, [(conv, "a")])[0]  # the same prompt under adapter a
+    assert served.engine.blocks.hits == hits  # nothing of the base model's cache was reused
+    _same(a_answer, _run(_merged(folders, "a"), [(conv, None)])[0])
+    assert a_answer[0] != base_answer[0]
+    again = _run(served, [(conv, "a")])[0]  # the same adapter again: its own blocks are reused
+    assert served.engine.blocks.hits > hits
+    _same(again, a_answer)
+
+
+def test_chat_api_takes_the_adapter_by_name(folders, served):
+    got = served.chat(CONVS[0], adapter="b", max_tokens=6, temperature=0.0, ignore_eos=True)
+    want = _merged(folders, "b").chat(CONVS[0], max_tokens=6, temperature=0.0, ignore_eos=True)
+    assert got.token_ids == want.token_ids
+    assert sorted(served.loras) == ["a", "b"]
+
+
+def test_adapters_that_cannot_be_applied_per_request_are_refused(folders, tmp_path):
+    llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05)
+    with pytest.raises(AdapterError, match=r"adapts model\.visual\..*merge this adapter at load"):
+        llm.add_lora("v", folders["vision"])
+    assert llm.loras == []  # nothing half-loaded
+    llm.add_lora("a", folders["a"])
+    with pytest.raises(AdapterError, match="already loaded"):
+        llm.add_lora("a", folders["b"])
+    with pytest.raises(ValueError, match=r"no LoRA adapter named 'c' is loaded \(loaded: a\)"):
+        llm.chat(CONVS[0], adapter="c", max_tokens=2)
+    llm.remove_lora("a")
+    with pytest.raises(ValueError, match="no LoRA adapter named 'a'"):
+        llm.chat(CONVS[0], adapter="a", max_tokens=2)
+    # with the adapter gone, the base model answers as before and no hook is left behind
+    base = _merged(folders, None)
+    assert llm.chat(CONVS[0], max_tokens=4, temperature=0.0).token_ids == \
+        base.chat(CONVS[0], max_tokens=4, temperature=0.0).token_ids
+    assert not any(m._forward_hooks for m in llm.model.modules())
+
+
+def test_the_server_routes_model_names_to_adapters(folders, served):
+    with ServerThread(create_app(served, ServeSettings(["tiny"]))) as server:
+        client = openai.OpenAI(api_key="unused", base_url=server.url + "/v1", max_retries=0, timeout=60)
+        cards = {m.id: m for m in client.models.list().data}
+        assert set(cards) == {"tiny", "a", "b"}
+        assert cards["a"].model_dump()["parent"] == "tiny"
+        answers = {}
+        for model in ("tiny", "a", "b"):
+            r = client.chat.completions.create(model=model, messages=CONVS[0], max_tokens=6, temperature=0.0,
+                                               extra_body={"ignore_eos": True})
+            assert r.model == model
+            answers[model] = r.choices[0].message.content
+        for model, name in (("tiny", None), ("a", "a"), ("b", "b")):
+            want = _merged(folders, name).chat(CONVS[0], max_tokens=6, temperature=0.0, ignore_eos=True)
+            assert answers[model] == want.text
+        with pytest.raises(openai.NotFoundError, match="serves tiny, a, b"):
+            client.chat.completions.create(model="c", messages=CONVS[0], max_tokens=2)
+
+
+def test_serve_flag_lora_modules(folders):
+    import argparse
+
+    from qwen3vl.commands import build_llm, lora_modules_arg
+    from qwen3vl.serve.cli import add_serve_parser
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", str(folders["base"]), "--device", "cpu", "--kv-cache-gb", "0.05",
+                              "--lora-modules", f"a={folders['a']}", f"b={folders['b']}"])
+    assert build_llm(args).loras == ["a", "b"]
+    for bad, message in ((["a"], "NAME=ADAPTER"), (["=x"], "NAME=ADAPTER"), (["a=x", "a=y"], "names 'a' twice")):
+        with pytest.raises(SystemExit, match=message):
+            lora_modules_arg(bad)
+    args.lora_modules = [f"v={folders['vision']}"]
+    with pytest.raises(SystemExit, match="merge this adapter at load"):
+        build_llm(args)
+    llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05, lora_modules={"tiny": folders["a"]})
+    with pytest.raises(ValueError, match="also served model names"):
+        create_app(llm, ServeSettings(["tiny"]))
