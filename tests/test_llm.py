@@ -104,6 +104,31 @@ def test_tool_calls_and_malformed_ones():
     assert bad.tool_calls == [] and bad.tool_call_error and "<tool_call>" in bad.content
 
 
+def test_each_tool_call_block_is_read_on_its_own_and_complete_blocks_give_the_first_calls():
+    from qwen3vl.engine.output import completed_tool_calls
+
+    good = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    texts = [
+        "Sure.\n" + good + "\n" + good.replace("1", "2"),
+        good + "\n<tool_call>\nnot json\n</tool_call>\n" + good.replace('"f"', '"g"'),
+        '<tool_call>\n{"name": "f", "arguments": {}}\n' + good,  # unclosed, ended by the next opening
+        "<think>\n" + good + "\n</think>\n\n" + good.replace('"f"', '"h"'),  # a call in the reasoning is none
+        good + "\n<tool_call>\n{\"name\": \"f\", \"argum",  # cut off
+    ]
+    for k, text in enumerate(texts):
+        thinking = text.startswith("<think>")
+        whole = parse_output(text, thinking=thinking, parse_tools=True)
+        for end in range(len(text) + 1):
+            got = completed_tool_calls(text[:end], thinking)
+            assert got == whole.tool_calls[:len(got)], (k, end)
+        assert completed_tool_calls(text, thinking) == whole.tool_calls
+    mixed = parse_output(texts[1], thinking=False, parse_tools=True)
+    assert [c["name"] for c in mixed.tool_calls] == ["f", "g"] and mixed.content == "<tool_call>\nnot json\n</tool_call>"
+    assert "not JSON" in mixed.tool_call_error
+    assert [c["name"] for c in parse_output(texts[3], True, True).tool_calls] == ["h"]
+    assert [c["arguments"] for c in parse_output(texts[2], False, True).tool_calls] == [{}, {"x": 1}]
+
+
 def test_stream_before_a_tool_call_joins_to_the_parsed_text(llm, monkeypatch):
     """Text before a tool call: the stream must not send the newline the parsed answer strips."""
     from qwen3vl.llm import _StreamState

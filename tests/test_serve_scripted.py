@@ -116,6 +116,57 @@ def test_tool_choice_variants(instruct):
     assert len(r.choices[0].message.tool_calls) == 1
 
 
+def _chunks(client, **kw) -> list:
+    return [ch for ch in client.chat.completions.create(stream=True, **kw) for _ in ch.choices]
+
+
+def test_a_stream_sends_each_tool_call_when_its_block_closes(instruct):
+    _, script, client = instruct
+    messages = [{"role": "user", "content": "Weather in Paris and Rome?"}]
+    rome = CALL.replace("Paris", "Rome")
+    script.say("Checking both.\n" + CALL + "\n" + rome)
+    # with logprobs every token makes a chunk, so a chunk's place in the stream is its token's
+    chunks = _chunks(client, model="tiny", messages=messages, tools=TOOLS, logprobs=True)
+    arrivals = [(k, tc) for k, ch in enumerate(chunks) for tc in ch.choices[0].delta.tool_calls or []]
+    assert [tc.index for _, tc in arrivals] == [0, 1]
+    (first_at, first), (second_at, second) = arrivals
+    # the first call arrives while the model is still writing the second (some 20 tokens), not at the end
+    assert first_at < second_at - 10
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert chunks[first_at].choices[0].finish_reason is None
+    assert first.id.startswith("call_") and second.id.startswith("call_") and first.id != second.id
+    assert [json.loads(tc.function.arguments)["city"] for _, tc in arrivals] == ["Paris", "Rome"]
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == "Checking both."
+    # the openai client's own stream helper puts the calls together
+    script.say("Checking both.\n" + CALL + "\n" + rome)
+    with client.chat.completions.stream(model="tiny", messages=messages, tools=TOOLS) as stream:
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls
+    assert [(c.id, c.function.name) for c in calls] != [] and [c.function.name for c in calls] == ["get_weather"] * 2
+    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
+    # parallel_tool_calls false: only the first is ever sent
+    script.say(CALL + "\n" + rome)
+    chunks = _chunks(client, model="tiny", messages=messages, tools=TOOLS, parallel_tool_calls=False)
+    sent = [tc for ch in chunks for tc in ch.choices[0].delta.tool_calls or []]
+    assert [json.loads(tc.function.arguments)["city"] for tc in sent] == ["Paris"]
+
+
+def test_a_readable_call_next_to_an_unreadable_one(instruct):
+    """Each block is read on its own: the readable call is a call (streamed at once), the other stays text."""
+    _, script, client = instruct
+    messages = [{"role": "user", "content": "?"}]
+    text = CALL + "\n<tool_call>\nnot json\n</tool_call>"
+    script.say(text)
+    r = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS)
+    c = r.choices[0]
+    assert [t.function.name for t in c.message.tool_calls] == ["get_weather"] and c.finish_reason == "tool_calls"
+    assert c.message.content == "<tool_call>\nnot json\n</tool_call>"
+    script.say(text)
+    content, _, calls, reasons = _stream(client, model="tiny", messages=messages, tools=TOOLS)
+    assert content == c.message.content and reasons == ["tool_calls"]
+    assert [t.function.name for t in calls] == ["get_weather"]
+
+
 def test_unreadable_tool_call_stays_text(instruct):
     _, script, client = instruct
     script.say("<tool_call>\nnot json at all\n</tool_call>")
@@ -158,6 +209,11 @@ def test_thinking_split(thinking):
     r = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS)
     assert r.choices[0].message.model_extra["reasoning_content"] == "I need the weather tool."
     assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
+    # streamed, the call comes once its block closes, and a call written inside the reasoning is no call
+    script.say("Maybe <tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call> no.\n</think>\n\n" + CALL)
+    _, reasoning, calls, reasons = _stream(client, model="tiny", messages=messages, tools=TOOLS)
+    assert [c.function.name for c in calls] == ["get_weather"] and reasons == ["tool_calls"]
+    assert "get_time" in reasoning
     # unscripted, the random model never closes its reasoning: all of it is reasoning, the answer is empty
     script.say(None)
     r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)

@@ -2,7 +2,10 @@
 
 The opening `<think>` of a Thinking model is in the prompt (spec §9.2), so its output starts inside the
 reasoning and `</think>` switches to the answer. Tool calls are `<tool_call>\\n{json}\\n</tool_call>` blocks;
-a block whose JSON cannot be read stays in the text and `tool_call_error` says why: never an exception.
+each block is read on its own: a block whose JSON cannot be read stays in the text and `tool_call_error` says why
+(never an exception), the readable ones are calls. So the calls of the blocks complete so far
+(`completed_tool_calls`) are always the first calls of the whole answer, which lets a stream send each call as soon
+as its block closes.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwen3vl.tasks.toolcalls import parse_tool_calls, split_reasoning
+from qwen3vl.tasks.toolcalls import TOOL_BLOCK, parse_tool_calls, split_reasoning
 
 THINK_END = "</think>"
 
@@ -34,14 +37,25 @@ def parse_output(text: str, thinking: bool, parse_tools: bool) -> ParsedOutput:
     out = ParsedOutput(content=content, reasoning=reasoning)
     if parse_tools and "<tool_call>" in content:
         parsed = parse_tool_calls(content)
-        if parsed.invalid or not parsed.calls:
+        if not parsed.calls:
             out.tool_call_error = "; ".join(parsed.problems) or "unreadable tool call"
         else:
             out.tool_calls = [c.to_dict() for c in parsed.calls]
-            out.content = parsed.content
+            out.content = parsed.kept
             if parsed.problems:
                 out.tool_call_error = "; ".join(parsed.problems)
     return out
+
+
+def completed_tool_calls(text: str, thinking: bool) -> list[dict[str, Any]]:
+    """The calls of the tool-call blocks of `text` (output so far) that are complete: closed by `</tool_call>`, or
+    followed by another `<tool_call>`. They are the first calls `parse_output` finds once the output is whole."""
+    if thinking:
+        if THINK_END not in text:
+            return []
+        text = text[text.index(THINK_END) + len(THINK_END):]
+    complete = [m.group(0) for m in TOOL_BLOCK.finditer(text) if m.group(2) or m.end() < len(text)]
+    return [c.to_dict() for c in parse_tool_calls("".join(complete)).calls] if complete else []
 
 
 class ReasoningSplitter:

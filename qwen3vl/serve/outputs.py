@@ -10,6 +10,10 @@ parsing), with the server's tool_choice rules on top:
   prefix put back; nothing is streamed until the call is complete;
 * `parallel_tool_calls: false` keeps the first call.
 
+A stream sends each tool call whole (id, name, arguments) as soon as its `</tool_call>` is written, so a client can
+start on the first of several calls while the model writes the next; the last chunk carries the calls not yet sent
+and `finish_reason`. Text after the first `<tool_call>` is held until the end (it may be part of a call).
+
 Logprobs come out in OpenAI's shapes (chat: token strings, bytes and top alternatives; completions: the legacy
 lists). Special tokens (the end-of-turn token) do not appear in the text, so they are left out of logprobs too.
 """
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwen3vl.engine.engine import StepOutput
-from qwen3vl.engine.output import parse_output
+from qwen3vl.engine.output import completed_tool_calls, parse_output
 from qwen3vl.engine.sequence import Sequence
 from qwen3vl.llm import LLM, _StreamState
 
@@ -37,7 +41,7 @@ class ChoiceDelta:
     reasoning: str = ""
     logprobs: Any = None  # chat: list of entries; completion: dict of lists
     finish_reason: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI tool calls, each with its "index" in the choice
 
 
 @dataclass
@@ -136,6 +140,8 @@ class ChatChoice:
         self.cursor = _LogprobCursor(seq) if spec.logprobs else None
         self.sent = ""  # answer text streamed so far
         self.held = ""  # trailing whitespace not yet streamed: the parsed answer strips it before a tool call
+        self.sent_calls: list[dict[str, Any]] = []  # tool calls streamed so far (OpenAI shape, with their ids)
+        self._tags = 0  # <tool_call> and </tool_call> tags seen: the blocks are read again when it changes
         self._result: ChoiceResult | None = None
 
     def _logprobs(self) -> list | None:
@@ -146,10 +152,11 @@ class ChatChoice:
     def advance(self, out: StepOutput) -> ChoiceDelta | None:
         lps = self._logprobs()
         if out.finished:
+            sent = len(self.sent_calls)
             res = self.result()
             sent_reasoning = self.state.reasoning if self.state else ""
             return ChoiceDelta(self.index, _rest(res.text, self.sent), _rest(res.reasoning or "", sent_reasoning),
-                               lps, res.finish_reason, res.tool_calls)
+                               lps, res.finish_reason, _indexed(res.tool_calls[sent:], sent))
         if self.state is None:
             return ChoiceDelta(self.index, logprobs=lps) if lps else None
         d = self.state.advance(out)
@@ -158,9 +165,27 @@ class ChatChoice:
         self.held = text[len(piece):]
         self.sent += piece
         reasoning = d.reasoning if d else ""
-        if not (piece or reasoning or lps):
+        calls = self._new_calls()
+        if not (piece or reasoning or lps or calls):
             return None
-        return ChoiceDelta(self.index, piece, reasoning, lps)
+        return ChoiceDelta(self.index, piece, reasoning, lps, tool_calls=calls or None)
+
+    def _new_calls(self) -> list[dict[str, Any]]:
+        """Tool calls whose blocks were completed since the last step (tools offered, tool_choice not "none")."""
+        if not self.spec.tools or self.spec.tool_choice_none:
+            return []
+        full = self.state.decoder.text
+        tags = full.count("<tool_call>") + full.count("</tool_call>")
+        if tags == self._tags:
+            return []
+        self._tags = tags
+        calls = completed_tool_calls(full, self.llm.thinking)
+        if not self.spec.parallel_tool_calls:
+            calls = calls[:1]
+        new = openai_tool_calls(calls[len(self.sent_calls):])
+        start = len(self.sent_calls)
+        self.sent_calls += new
+        return _indexed(new, start)
 
     def result(self) -> ChoiceResult:
         if self._result is not None:
@@ -189,9 +214,15 @@ class ChatChoice:
         lps = None
         if spec.logprobs:
             lps = chat_logprobs(llm, list(seq.output_ids), list(seq.logprobs))
-        self._result = ChoiceResult(self.index, text, reasoning, openai_tool_calls(calls), reason, lps,
-                                    len(seq.output_ids), extra)
+        # calls already streamed keep the ids they were sent with (they are the first calls of the whole answer)
+        sent = self.sent_calls[:len(calls)]
+        self._result = ChoiceResult(self.index, text, reasoning, sent + openai_tool_calls(calls[len(sent):]), reason,
+                                    lps, len(seq.output_ids), extra)
         return self._result
+
+
+def _indexed(calls: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    return [{"index": start + k, **call} for k, call in enumerate(calls)]
 
 
 def check_json(text: str, objects_only: bool = True) -> tuple[str, str | None]:

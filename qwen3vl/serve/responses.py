@@ -70,7 +70,7 @@ def chat_delta_choice(d: ChoiceDelta) -> dict[str, Any]:
     if d.text:
         delta["content"] = d.text
     if d.tool_calls:
-        delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(d.tool_calls)]
+        delta["tool_calls"] = d.tool_calls  # each with its index in the choice
     return {"index": d.index, "delta": delta,
             "logprobs": {"content": d.logprobs, "refusal": None} if d.logprobs else None,
             "finish_reason": d.finish_reason}

@@ -17,7 +17,7 @@ from typing import Any
 
 from qwen3vl.tasks.jsonish import parse_lenient
 
-_BLOCK = re.compile(r"<tool_call>(.*?)(</tool_call>|(?=<tool_call>)|\Z)", re.S)
+TOOL_BLOCK = re.compile(r"<tool_call>(.*?)(</tool_call>|(?=<tool_call>)|\Z)", re.S)
 
 
 @dataclass
@@ -36,6 +36,7 @@ class ToolCallParse:
     invalid: int = 0  # blocks that could not be turned into a call
     strict: bool = True
     content: str = ""  # the text with the tool-call blocks removed
+    kept: str = ""  # the text with only the blocks that became calls removed (unreadable ones stay)
 
 
 def _lenient_object(body: str) -> tuple[Any, list[str], bool]:
@@ -71,8 +72,9 @@ def normalize_call(obj: Any) -> ToolCall | str:
 def parse_tool_calls(text: str) -> ToolCallParse:
     """Every `<tool_call>` block in `text` (or, failing that, a bare {"name", "arguments"} object)."""
     out = ToolCallParse()
-    blocks = list(_BLOCK.finditer(text))
-    out.content = _BLOCK.sub("", text).strip()
+    blocks = list(TOOL_BLOCK.finditer(text))
+    out.content = TOOL_BLOCK.sub("", text).strip()
+    out.kept = text.strip()
     if not blocks:
         stripped = text.strip()
         if stripped.startswith("{") and '"name"' in stripped:
@@ -84,8 +86,9 @@ def parse_tool_calls(text: str) -> ToolCallParse:
             if isinstance(call, ToolCall):
                 out.calls.append(call)
                 out.problems.append("tool call written without <tool_call> tags")
-                out.content = ""
+                out.content = out.kept = ""
         return out
+    kept, last = [], 0
     for i, m in enumerate(blocks, start=1):
         body, closing = m.group(1).strip(), m.group(2)
         label = f"tool call {i}"
@@ -116,6 +119,9 @@ def parse_tool_calls(text: str) -> ToolCallParse:
         if isinstance(obj, dict) and not isinstance(obj.get("arguments"), dict):
             out.strict = False
         out.calls.append(call)
+        kept.append(text[last:m.start()])
+        last = m.end()
+    out.kept = ("".join(kept) + text[last:]).strip()
     return out
 
 
