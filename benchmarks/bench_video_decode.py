@@ -3,8 +3,8 @@ and transformers 5.23's PyAV reader (`transformers.video_utils.read_video_pyav`,
 the last sampled one), on the same file and the same frame indices, all three at the source size (decode and RGB
 conversion; resizing and patchifying come after and are the same either way).
 
-Writes a synthetic video with PyAV (default: 20 minutes of 320x180 at 30 fps, H.264 with a keyframe every second,
-as phone cameras and streaming encoders write them) and samples it with the checkpoint defaults (2 fps, at most
+Writes a synthetic video with PyAV (default: 20 minutes of 320x180 at 30 fps, H.264 with 3 B-frames and a keyframe
+every second, as phone cameras and streaming encoders write them) and samples it with the checkpoint defaults (2 fps, at most
 768 frames; `--item` adds per-item keys such as '{"fps": 0.5}'). The three readers must give identical frames; the
 script checks that before it prints.
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 
-def write_video(path: Path, seconds: float, width: int, height: int, fps: int, gop: int) -> int:
+def write_video(path: Path, seconds: float, width: int, height: int, fps: int, gop: int, bframes: int) -> int:
     import av
 
     n = int(round(seconds * fps))
@@ -34,7 +34,7 @@ def write_video(path: Path, seconds: float, width: int, height: int, fps: int, g
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "30", "g": str(gop)}
+        stream.options = {"preset": "ultrafast", "crf": "30", "g": str(gop), "bf": str(bframes)}
         stream.thread_type = "AUTO"
         img = np.empty((height, width, 3), dtype=np.uint8)
         for i in range(n):
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=180)
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--gop", type=int, default=30, help="frames between keyframes")
+    ap.add_argument("--bframes", type=int, default=3, help="B-frames between reference frames (x264 default: 3)")
     ap.add_argument("--item", default="{}", help="per-item video keys as JSON")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -79,13 +80,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.mp4"
         t = time.perf_counter()
-        n = write_video(path, args.minutes * 60, args.width, args.height, args.fps, args.gop)
+        n = write_video(path, args.minutes * 60, args.width, args.height, args.fps, args.gop, args.bframes)
         print(f"wrote {n} frames in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         total, fps, h, w = V.probe(path)
         indices = V._plan_file(total, fps, h, w, cfg, opts, "qwen-vl-utils").indices
 
         plan = V._seek_plan(path, indices)
-        seeks = 0 if plan is None else sum(1 for _, where in plan if where is not None)
+        seeks = 0 if plan is None else sum(1 for step in plan if step.seek_to is not None)
 
         def ours(seek: bool):
             return np.stack(list(V.iter_frames(path, indices, h, w, seek=seek)))
@@ -96,6 +97,7 @@ def main() -> None:
         assert np.array_equal(seeking, in_order) and np.array_equal(seeking, ref), "the readers disagree"
 
     print(f"\n{args.minutes:g} min {args.width}x{args.height} @ {args.fps} fps, keyframe every {args.gop} frames, "
+          f"{args.bframes} B-frames, "
           f"{len(indices)} frames sampled (one in {total / len(indices):.0f}; {seeks} seeks), item {args.item}\n")
     print("| reader | seconds | vs transformers |")
     print("|---|---|---|")

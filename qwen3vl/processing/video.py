@@ -204,10 +204,23 @@ def probe(data: bytes | Path) -> tuple[int, float, int, int]:
 SEEK_MIN_SKIP = 16
 
 
-def _seek_plan(data: bytes | Path, indices: Sequence[int]) -> list[tuple[int, int | None]] | None:
-    """For each distinct index in `indices`: (its frame's presentation timestamp, the timestamp to seek to before
-    decoding it, or None to go on decoding from the previous one). None when no seek would pay or the packet
-    timestamps cannot be trusted to number the frames."""
+# How far a packet's place in decode order may be from its frame's place in presentation order (B-frame reordering
+# stays well within this); further apart means timestamps that restart or jump (concatenated clips): no seeking.
+MAX_REORDER = 16
+# Demuxers that find a seek target by presentation timestamp; the others (MPEG-TS, AVI, ...) by decode timestamp.
+_SEEK_BY_PTS = ("mov", "mp4", "matroska", "webm")
+
+
+@dataclass(frozen=True)
+class _Step:
+    target: int  # the sampled frame's presentation timestamp
+    seek_to: int | None  # the timestamp to seek to first; None: go on decoding from the previous sampled frame
+    key: int  # the presentation timestamp of the keyframe the seek must land on (or before)
+
+
+def _seek_plan(data: bytes | Path, indices: Sequence[int]) -> list[_Step] | None:
+    """How to reach each distinct index in `indices` by seeking; None when no seek would pay or the packets
+    cannot be trusted to number the frames as the decoder does (then everything is decoded in order)."""
     import av
 
     distinct = sorted(set(indices))
@@ -216,17 +229,24 @@ def _seek_plan(data: bytes | Path, indices: Sequence[int]) -> list[tuple[int, in
     container = _open(data)
     try:
         stream = container.streams.video[0]
+        by_pts = any(name in _SEEK_BY_PTS for name in container.format.name.split(","))
         declared = stream.frames
         pts: list[int] = []
-        keys: list[tuple[int, int]] = []  # (pts, where to seek for it: its dts, which demuxers index by)
+        keys: list[tuple[int, int]] = []  # (pts, the timestamp to seek to for it)
+        first = True
         for packet in container.demux(stream):
-            if not packet.size or packet.is_discard:
+            if not packet.size:
+                continue
+            if first and not packet.is_keyframe:
+                return None  # starts mid-GOP: the decoder drops frames the packets would count
+            first = False
+            if packet.is_discard:
                 continue
             if packet.pts is None:
                 return None
             pts.append(packet.pts)
             if packet.is_keyframe:
-                keys.append((packet.pts, packet.dts if packet.dts is not None else packet.pts))
+                keys.append((packet.pts, packet.pts if by_pts or packet.dts is None else packet.dts))
     except av.FFmpegError:
         return None
     finally:
@@ -234,29 +254,33 @@ def _seek_plan(data: bytes | Path, indices: Sequence[int]) -> list[tuple[int, in
     order = sorted(pts)
     if not keys or len(set(order)) != len(order) or (declared and declared != len(order)) or indices[-1] >= len(order):
         return None
+    if order[0] != min(k for k, _ in keys):
+        return None  # frames shown before the first keyframe (leading pictures): the decoder may drop them
+    rank = {t: k for k, t in enumerate(order)}
+    if any(abs(rank[t] - k) > MAX_REORDER for k, t in enumerate(pts)):
+        return None  # timestamps that restart or jump: sorting them does not number the frames
     keys.sort()
     key_pts = [k for k, _ in keys]
-    plan: list[tuple[int, int | None]] = []
+    plan: list[_Step] = []
     done = -1  # frames up to this index are behind the decoder
     for index in distinct:
         target = order[index]
         j = bisect_right(key_pts, target) - 1
-        if j < 0:
-            return None  # a frame before the first keyframe: only decoding from the start reaches it
-        key = bisect_left(order, key_pts[j])  # the keyframe's frame index
+        key = bisect_left(order, key_pts[j])  # the keyframe's frame index (j >= 0: order[0] is a keyframe)
         seek = key - done - 1 >= SEEK_MIN_SKIP
-        plan.append((target, keys[j][1] if seek else None))
+        plan.append(_Step(target, keys[j][1] if seek else None, key_pts[j]))
         done = index
-    return plan if any(s is not None for _, s in plan) else None
+    return plan if any(step.seek_to is not None for step in plan) else None
 
 
 class _SeekMissed(Exception):
     """A seek did not land where the plan said: the rest is decoded in order."""
 
 
-def _frames_seeking(data: bytes | Path, plan: list[tuple[int, int | None]], height: int, width: int
-                    ) -> Iterator[np.ndarray]:
-    """The planned frames, resized, one by one; raises _SeekMissed when a planned timestamp is not met."""
+def _frames_seeking(data: bytes | Path, plan: list[_Step], height: int, width: int) -> Iterator[np.ndarray]:
+    """The planned frames, resized, one by one; raises _SeekMissed when a seek does not land on (or before) its
+    keyframe, the frame there is not a keyframe (a container that flags frames wrongly), or a planned timestamp is
+    not met."""
     import av
 
     container = _open(data)
@@ -264,16 +288,26 @@ def _frames_seeking(data: bytes | Path, plan: list[tuple[int, int | None]], heig
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         frames = None
-        for target, seek_to in plan:
-            if frames is None or seek_to is not None:
-                if seek_to is not None:
-                    container.seek(seek_to, stream=stream, backward=True, any_frame=False)
+        for step in plan:
+            if frames is None or step.seek_to is not None:
+                if step.seek_to is not None:
+                    container.seek(step.seek_to, stream=stream, backward=True, any_frame=False)
                 frames = container.decode(stream)
+                if step.seek_to is not None:
+                    frame = None
+                    for frame in frames:
+                        if frame.pts is None or frame.pts >= step.key:
+                            break
+                    if frame is None or frame.pts != step.key or not frame.key_frame:
+                        raise _SeekMissed
+                    if step.key == step.target:
+                        yield resize_frame(frame.to_ndarray(format="rgb24"), height, width)
+                        continue
             frame = None
             for frame in frames:
-                if frame.pts is None or frame.pts >= target:
+                if frame.pts is None or frame.pts >= step.target:
                     break
-            if frame is None or frame.pts != target:
+            if frame is None or frame.pts != step.target:
                 raise _SeekMissed
             yield resize_frame(frame.to_ndarray(format="rgb24"), height, width)
     except av.FFmpegError:
@@ -289,8 +323,8 @@ def iter_frames(
 
     Yields uint8 (height, width, 3) arrays in order. With `seek`, sampled frames far apart are reached by seeking
     to keyframes (module docstring); the frames are the same. If the stream ends before a requested index (headers
-    can overstate the frame count), the last decoded frame stands in for the rest, with a warning; a stream that
-    yields no frame at all is an error.
+    can overstate the frame count) or cannot be decoded further, the last decoded frame stands in for the rest,
+    with a warning; a stream that yields no frame at all is an error.
     """
     if any(b < a for a, b in zip(indices, indices[1:], strict=False)):
         raise ValueError("frame indices must be ascending")
@@ -299,22 +333,24 @@ def iter_frames(
         yield from _frames_in_order(data, indices, height, width)
         return
     pos = 0  # indices[:pos] are out
+    last = None
     try:
-        for frame in _frames_seeking(data, plan, height, width):
+        for last in _frames_seeking(data, plan, height, width):
             index = indices[pos]
             while pos < len(indices) and indices[pos] == index:
-                yield frame
+                yield last
                 pos += 1
     except _SeekMissed:
         logger.info("video seeking missed frame %d; decoding the rest in order", indices[pos])
-        yield from _frames_in_order(data, indices[pos:], height, width)
+        yield from _frames_in_order(data, indices[pos:], height, width, last)
 
 
-def _frames_in_order(data: bytes | Path, indices: Sequence[int], height: int, width: int) -> Iterator[np.ndarray]:
+def _frames_in_order(data: bytes | Path, indices: Sequence[int], height: int, width: int,
+                     last: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """`last`: a frame already given out (before a seek missed), which stands in if decoding fails at once."""
     import av
 
     n, pos = len(indices), 0
-    last: np.ndarray | None = None
     container = _open(data)
     try:
         stream = container.streams.video[0]
