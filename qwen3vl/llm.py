@@ -23,6 +23,7 @@ from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, parse_output
 from qwen3vl.engine.sampling import SamplingParams, from_generation_config
 from qwen3vl.engine.sequence import MediaItem, Sequence
 from qwen3vl.engine.tool_constraint import forced_calls
+from qwen3vl.weights.adapters import AdapterError
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,6 @@ class LLM:
                               vision_cache_bytes=vision_cache_mb * 1024**2)
         adapters = [lora] if isinstance(lora, (str, Path)) else list(lora or [])
         if (adapters or lora_modules) and tensor_parallel_size > 1:
-            from qwen3vl.weights.adapters import AdapterError
-
             raise AdapterError("LoRA adapters with tensor_parallel_size > 1 are not supported: merge them into a "
                                "model folder first (qwen3vl train merge --model M --adapter A --out DIR) and load that")
         self._parallel = None
@@ -145,7 +144,10 @@ class LLM:
                              token_bytes=self.tokenizer.text_bytes, json_after=think_end,
                              tool_call_ids=call_ids if tags else None)
         for name, path in (lora_modules or {}).items():
-            self.add_lora(name, path, revision=None)
+            try:
+                self.add_lora(name, path, revision=None)
+            except AdapterError as e:
+                raise AdapterError(f"LoRA adapter {name!r}: {e}") from None
 
     # ------------------------------------------------------------------ per-request LoRA adapters
     def add_lora(self, name: str, adapter: str | Path, revision: str | None = None) -> None:
@@ -154,13 +156,13 @@ class LLM:
         (qwen3vl/engine/adapters.py). Adapters on the vision encoder, embeddings or LM head are refused
         (AdapterError): merge those at load with `LLM(lora=...)`."""
         if self.engine.adapters is None:
-            from qwen3vl.weights.adapters import AdapterError
-
             raise AdapterError("per-request LoRA adapters are not supported with tensor parallelism")
         self.engine.adapters.add(name, adapter, revision)
 
     def remove_lora(self, name: str) -> None:
         """Unload an adapter added with `add_lora` (requests still using it must have finished)."""
+        if self.engine.adapters is None:
+            raise AdapterError("per-request LoRA adapters are not supported with tensor parallelism")
         if any(s.params.adapter == name for seqs in self.engine.requests.values() for s in seqs
                if s.finish_reason is None):
             raise ValueError(f"adapter {name!r} is in use by a running request")

@@ -161,3 +161,47 @@ def test_serve_flag_lora_modules(folders):
     llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05, lora_modules={"tiny": folders["a"]})
     with pytest.raises(ValueError, match="also served model names"):
         create_app(llm, ServeSettings(["tiny"]))
+
+
+def test_an_adapter_loaded_again_under_its_name_never_meets_the_old_ones_cache(folders):
+    llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05, lora_modules={"x": folders["a"]})
+    conv = [{"role": "user", "content": "Another prompt of its own, to be cached under the first load of x."}]
+    first = _run(llm, [(conv, "x")])[0]
+    llm.remove_lora("x")
+    llm.add_lora("x", folders["b"])
+    hits = llm.engine.blocks.hits
+    second = _run(llm, [(conv, "x")])[0]
+    assert llm.engine.blocks.hits == hits
+    _same(second, _run(_merged(folders, "b"), [(conv, None)])[0])
+    assert second[0] != first[0]
+
+
+def test_chunked_prefill_and_several_sequences_per_request(folders):
+    llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05, max_batch_tokens=16, lora_modules={"a": folders["a"]})
+    merged = LLM(folders["base"], device="cpu", kv_cache_gb=0.05, max_batch_tokens=16, lora=folders["a"])
+    kw = dict(max_tokens=5, temperature=0.0, ignore_eos=True, n=2)
+    got = llm.chat_batch([CONVS[1], CONVS[0]], adapter="a", **kw)
+    want = merged.chat_batch([CONVS[1], CONVS[0]], **kw)
+    assert [[c.token_ids for c in r.choices] for r in got] == [[c.token_ids for c in r.choices] for r in want]
+
+
+@pytest.mark.parametrize("config, message", [
+    # peft saves the base embedding / head next to their adapters: whole tensors, refused first
+    (dict(target_modules=["embed_tokens"]), r"whole tensors \(model\.language_model\.embed_tokens\.weight\)"),
+    (dict(target_modules=["lm_head"]), r"whole tensors \(lm_head\.weight\)"),
+    (dict(target_modules=["q_proj"], modules_to_save=["merger"]), "carries whole tensors"),
+    (dict(target_modules=["q_proj"], lora_bias=True), "lora_bias"),
+])
+def test_other_adapters_are_refused_by_name(folders, tmp_path, config, message):
+    from qwen3vl.weights.adapters import read_adapter
+
+    folder = _adapter(folders["base"], tmp_path / "ad", 4, r=2, lora_alpha=4, **config)
+    llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05)
+    with pytest.raises(AdapterError, match=message):
+        llm.add_lora("n", folder)
+    if "embed_tokens" in config["target_modules"] or "lm_head" in config["target_modules"]:
+        pairs_only = read_adapter(folder)
+        pairs_only.tensors = {}  # the LoRA pairs alone are refused too
+        with pytest.raises(AdapterError, match="only the language model's decoder layers can be adapted per request"):
+            llm.add_lora("n", pairs_only)
+    assert llm.loras == [] and not any(m._forward_hooks for m in llm.model.modules())

@@ -9,10 +9,13 @@ nothing.
 
 What can be served this way: LoRA pairs on `nn.Linear` layers of the language model's decoder (attention and MLP
 projections: what peft targets by default and what `qwen3vl train --lora` writes). Adapters on the vision encoder
-(whose features are cached by content, shared by every request), on embeddings or the LM head, with LoRA biases
-(`lora_bias`), or carrying whole tensors (`modules_to_save`) are refused with an AdapterError that says to merge
-them instead (`LLM(lora=...)`; a LoRA bias needs a layer bias to merge into, which Qwen3-VL's decoder layers lack).
-The prefix cache keys blocks by adapter (BlockManager.block_hashes), since an adapter changes the keys and values.
+(whose features are cached by content, shared by every request), on embeddings or the LM head, or carrying whole
+tensors (`modules_to_save`) are refused with an AdapterError that says to merge them at load instead
+(`LLM(lora=...)`); LoRA biases (`lora_bias`) are refused too.
+The prefix cache keys blocks by the adapter's load (BlockManager.block_hashes: an adapter changes the keys and
+values, and ids are never reused, so an adapter removed and loaded again under its name never meets the old one's
+blocks). A request keeps the id of the load it started with. Loading and removing is not synchronised with a server
+that is running the engine: change adapters before serving, or between requests.
 
 Legend: T tokens in the step, I in_features, O out_features, r rank.
 """
@@ -37,10 +40,11 @@ class AdapterSet:
         self.model = model
         self.ids: dict[str, int] = {}
         self.folders: dict[str, Path] = {}
-        # module name -> adapter id -> (A (r, I), B (O, r), scale)
-        self.weights: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor, float]]] = {}
+        # module name -> adapter id -> (A (r, I), B (O, r) with the scale folded in)
+        self.weights: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._next_id = 1  # ids are never reused
         self._hooks: dict[str, Any] = {}
-        self._groups: list[tuple[int, torch.Tensor]] = []  # this step's (adapter id, token rows)
+        self._groups: list[tuple[int, torch.Tensor | None]] = []  # this step's (adapter id, token rows; None: all)
 
     def __contains__(self, name: object) -> bool:
         return name in self.ids
@@ -62,7 +66,6 @@ class AdapterSet:
                                "it cannot be applied per request; merge it at load instead (LLM(lora=...), --lora)")
         if not adapter.pairs:
             raise AdapterError(f"adapter {src} holds no LoRA pairs")
-        device, dtype = _device_dtype(self.model)
         staged = {}
         for pair in adapter.pairs:
             where = pair.module
@@ -80,17 +83,18 @@ class AdapterSet:
                 raise AdapterError(f"adapter {src}: the update for {where} is {pair.B.shape[0]}x{pair.A.shape[1]}, "
                                    f"the layer is {module.out_features}x{module.in_features}")
             if pair.bias is not None:
-                raise AdapterError(f"adapter {src} has a LoRA bias on {where} (lora_bias): not supported per request; "
-                                   "merge this adapter at load instead (LLM(lora=...), --lora)")
-            staged[where] = (pair.A.to(device=device, dtype=dtype), pair.B.to(device=device, dtype=dtype),
-                             float(pair.scale))
-        aid = max(self.ids.values(), default=0) + 1
-        self.ids[name] = aid
-        self.folders[name] = Path(src)
-        for where, w in staged.items():
+                raise AdapterError(f"adapter {src} has a LoRA bias on {where} (lora_bias), which is not supported")
+            w = module.weight
+            staged[where] = (pair.A.to(device=w.device, dtype=w.dtype),
+                             (pair.B.float() * pair.scale).to(device=w.device, dtype=w.dtype))
+        aid = self._next_id
+        self._next_id += 1
+        for where, w in staged.items():  # weights and hooks first, the name last: a request can only find it whole
             self.weights.setdefault(where, {})[aid] = w
             if where not in self._hooks:
                 self._hooks[where] = self.model.get_submodule(where).register_forward_hook(self._hook(where))
+        self.folders[name] = Path(src)
+        self.ids[name] = aid
         return aid
 
     def remove(self, name: str) -> None:
@@ -103,6 +107,9 @@ class AdapterSet:
             if not self.weights[where]:
                 del self.weights[where]
                 self._hooks.pop(where).remove()
+
+    def loaded(self, aid: int) -> bool:
+        return aid in self.ids.values()
 
     def id_of(self, name: str | None) -> int:
         if name is None:
@@ -119,9 +126,13 @@ class AdapterSet:
         self._groups = []
         if token_adapters is None:
             return
-        for aid in torch.unique(token_adapters).tolist():
+        present = torch.unique(token_adapters).tolist()
+        for aid in present:
+            if aid and not self.loaded(aid):
+                raise RuntimeError(f"LoRA adapter id {aid} was removed while a request still used it")
             if aid:
-                self._groups.append((aid, torch.nonzero(token_adapters == aid).flatten().to(device)))
+                rows = None if len(present) == 1 else torch.nonzero(token_adapters == aid).flatten().to(device)
+                self._groups.append((aid, rows))
 
     def end(self) -> None:
         self._groups = []
@@ -132,19 +143,16 @@ class AdapterSet:
                 return None
             per_adapter = self.weights.get(where, {})
             x = inputs[0].reshape(-1, inputs[0].shape[-1])  # (T, I)
-            y = out.reshape(-1, out.shape[-1])  # (T, O)
+            y = out.view(-1, out.shape[-1])  # (T, O): the layer's fresh output, added to in place
             for aid, rows in self._groups:
                 w = per_adapter.get(aid)
                 if w is None:
                     continue
-                A, B, scale = w
-                delta = (x.index_select(0, rows) @ A.T) @ B.T * scale  # (rows, O)
-                y = y.index_add(0, rows, delta.to(y.dtype))
-            return y.view_as(out)
+                A, B = w
+                if rows is None:  # every token of the step
+                    y.addmm_(x @ A.T, B.T)
+                else:
+                    y.index_add_(0, rows, (x.index_select(0, rows) @ A.T) @ B.T)
+            return out
 
         return add_updates
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters())
-    return p.device, p.dtype

@@ -49,8 +49,9 @@ class BlockManager:
         bs = self.block_size
         for b in range(len(out), upto // bs):
             s, e = b * bs, (b + 1) * bs
-            # the chain starts from the request's LoRA adapter: it changes every key and value
-            h = hashlib.blake2b(out[-1] if out else (seq.params.adapter or "").encode(), digest_size=16)
+            # the chain starts from the request's LoRA adapter load: it changes every key and value
+            h = hashlib.blake2b(out[-1] if out else (f"lora:{seq.adapter_id}".encode() if seq.adapter_id else b""),
+                                digest_size=16)
             h.update(repr(seq.tokens(s, e)).encode())
             for m in seq.media_in(s, e):
                 h.update(f"|{m.key}:{max(s, m.offset) - m.offset}:{min(e, m.end) - m.offset}".encode())

@@ -93,10 +93,11 @@ class Engine:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not prompt_ids:
             raise ValueError("the prompt is empty")
+        adapter_id = 0
         if params.adapter is not None:
             if self.adapters is None:
                 raise ValueError("per-request LoRA adapters are not supported with tensor parallelism")
-            self.adapters.id_of(params.adapter)  # ValueError naming the loaded ones
+            adapter_id = self.adapters.id_of(params.adapter)  # ValueError naming the loaded ones
         media = sorted(media or [], key=lambda m: m.offset)
         kinds = kinds or ["image"] * len(media)
         n = len(prompt_ids)
@@ -120,7 +121,8 @@ class Engine:
                 gen = torch.Generator(device="cpu")
                 gen.manual_seed(params.seed + i if params.seed is not None else torch.seed())
             seq = Sequence(prompt_ids=list(prompt_ids), params=params, prompt_positions=positions, rope_delta=delta,
-                           media=media, request_id=request_id, generator=gen, arrival=time.monotonic())
+                           media=media, request_id=request_id, generator=gen, arrival=time.monotonic(),
+                           adapter_id=adapter_id)
             if params.json_mode:
                 seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
                                                 activate_after=self.json_after, schema=schema)

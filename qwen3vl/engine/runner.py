@@ -218,7 +218,7 @@ class ModelRunner:
         for c in chunks:
             seq, q_start = c.seq, len(ids)
             ids += seq.tokens(c.start, c.end)
-            adapter_rows.append((self.adapters.id_of(seq.params.adapter), c.end - c.start))
+            adapter_rows.append((seq.adapter_id, c.end - c.start))
             positions.append(seq.positions(c.start, c.end))
             slots = self._slots(seq.block_table, 0, c.end)
             new_slots.append(slots[c.start:])

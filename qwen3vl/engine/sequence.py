@@ -62,6 +62,7 @@ class Sequence:
     stop_text: str | None = None
     block_hashes: list = field(default_factory=list)  # memo for BlockManager.block_hashes
     constraint: Any = None  # JSON mode: a constrain.JsonConstraint
+    adapter_id: int = 0  # the LoRA adapter load this request runs with (engine/adapters.py); 0: the base model
 
     @property
     def num_tokens(self) -> int:

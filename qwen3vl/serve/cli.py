@@ -81,7 +81,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
         raise SystemExit(f"error: --allowed-local-media-path {args.allowed_local_media_path} is not a folder")
     llm = build_llm(args)
-    app = create_app(llm, settings)
+    try:
+        app = create_app(llm, settings)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     config = uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log,
                             log_level=logging.getLevelName(min(logging.getLogger().level, logging.INFO)).lower(),
                             timeout_graceful_shutdown=30)
