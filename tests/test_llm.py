@@ -118,15 +118,24 @@ def test_each_tool_call_block_is_read_on_its_own_and_complete_blocks_give_the_fi
     for k, text in enumerate(texts):
         thinking = text.startswith("<think>")
         whole = parse_output(text, thinking=thinking, parse_tools=True)
+        read, start = [], 0  # read as a stream does: only the blocks completed since the last read
         for end in range(len(text) + 1):
-            got = completed_tool_calls(text[:end], thinking)
+            got, _ = completed_tool_calls(text[:end], thinking)
             assert got == whole.tool_calls[:len(got)], (k, end)
-        assert completed_tool_calls(text, thinking) == whole.tool_calls
+            new, start = completed_tool_calls(text[:end], thinking, start)
+            read += new
+            assert read == got, (k, end)
+        assert completed_tool_calls(text, thinking)[0] == whole.tool_calls
     mixed = parse_output(texts[1], thinking=False, parse_tools=True)
     assert [c["name"] for c in mixed.tool_calls] == ["f", "g"] and mixed.content == "<tool_call>\nnot json\n</tool_call>"
     assert "not JSON" in mixed.tool_call_error
     assert [c["name"] for c in parse_output(texts[3], True, True).tool_calls] == ["h"]
     assert [c["arguments"] for c in parse_output(texts[2], False, True).tool_calls] == [{}, {"x": 1}]
+    # nesting too deep for Python's JSON parser: an unreadable block, not an exception
+    deep = good + '\n<tool_call>\n{"name": "f", "arguments": ' + "[" * 5000 + "]" * 5000 + "}\n</tool_call>"
+    out = parse_output(deep, thinking=False, parse_tools=True)
+    assert [c["name"] for c in out.tool_calls] == ["f"] and "[[[" in out.content
+    assert completed_tool_calls(deep, False)[0] == out.tool_calls
 
 
 def test_stream_before_a_tool_call_joins_to_the_parsed_text(llm, monkeypatch):

@@ -151,6 +151,20 @@ def test_a_stream_sends_each_tool_call_when_its_block_closes(instruct):
     assert [json.loads(tc.function.arguments)["city"] for tc in sent] == ["Paris"]
 
 
+def test_a_stop_string_that_cuts_into_a_call_written_before_it(instruct):
+    """A stop string cuts the answer where it starts: a call whose block closed inside a stop string that completes
+    later is no call, so the stream must not have sent it."""
+    _, script, client = instruct
+    messages = [{"role": "user", "content": "?"}]
+    kw = dict(model="tiny", messages=messages, tools=TOOLS, stop=['}\n</tool_call>\n<tool_call>'])
+    script.say(CALL + "\n" + CALL.replace("Paris", "Rome"))
+    r = client.chat.completions.create(**kw)
+    assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason == "stop"
+    script.say(CALL + "\n" + CALL.replace("Paris", "Rome"))
+    content, _, calls, reasons = _stream(client, **kw)
+    assert calls == [] and content == r.choices[0].message.content and reasons == ["stop"]
+
+
 def test_a_readable_call_next_to_an_unreadable_one(instruct):
     """Each block is read on its own: the readable call is a call (streamed at once), the other stays text."""
     _, script, client = instruct

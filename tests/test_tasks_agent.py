@@ -248,3 +248,13 @@ def test_dry_run_leaves_the_real_page_untouched(tmp_path):
     assert res.status == "success"
     log = [json.loads(line) for line in (tmp_path / "actions.jsonl").read_text().splitlines()]
     assert [e["executed"] for e in log] == [False, False, True] and all(e["dry_run"] for e in log)
+
+
+def test_parse_step_keeps_the_problem_of_a_block_that_did_not_become_a_call():
+    good = '<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [1, 2]}}\n</tool_call>'
+    raw = good + "\n<tool_call>\nnot json\n</tool_call>"
+    step = parse_step("", tool_calls=[{"name": "computer_use", "arguments": {"action": "left_click",
+                                                                           "coordinate": [1, 2]}}], raw_text=raw)
+    assert [c.name for c in step.calls] == ["computer_use"]
+    assert any("tool call 2: not JSON" in p for p in step.problems)
+    assert parse_step("", tool_calls=[{"name": "computer_use", "arguments": {}}], raw_text=good).problems == []

@@ -47,15 +47,22 @@ def parse_output(text: str, thinking: bool, parse_tools: bool) -> ParsedOutput:
     return out
 
 
-def completed_tool_calls(text: str, thinking: bool) -> list[dict[str, Any]]:
-    """The calls of the tool-call blocks of `text` (output so far) that are complete: closed by `</tool_call>`, or
-    followed by another `<tool_call>`. They are the first calls `parse_output` finds once the output is whole."""
+def completed_tool_calls(text: str, thinking: bool, start: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The calls of the tool-call blocks of `text` (output so far) that are complete (closed by `</tool_call>`, or
+    followed by another `<tool_call>`) and start at or after `start`, and where the last of them ends (else
+    `start`): pass that back as `start` to read only new blocks. The calls are the next calls `parse_output`
+    finds once the output is whole."""
     if thinking:
         if THINK_END not in text:
-            return []
-        text = text[text.index(THINK_END) + len(THINK_END):]
-    complete = [m.group(0) for m in TOOL_BLOCK.finditer(text) if m.group(2) or m.end() < len(text)]
-    return [c.to_dict() for c in parse_tool_calls("".join(complete)).calls] if complete else []
+            return [], start
+        start = max(start, text.index(THINK_END) + len(THINK_END))
+    complete, end = [], start
+    for m in TOOL_BLOCK.finditer(text, start):
+        if not (m.group(2) or m.end() < len(text)):
+            break
+        complete.append(m.group(0))
+        end = m.end()
+    return ([c.to_dict() for c in parse_tool_calls("".join(complete)).calls] if complete else []), end
 
 
 class ReasoningSplitter:

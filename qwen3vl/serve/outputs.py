@@ -141,7 +141,9 @@ class ChatChoice:
         self.sent = ""  # answer text streamed so far
         self.held = ""  # trailing whitespace not yet streamed: the parsed answer strips it before a tool call
         self.sent_calls: list[dict[str, Any]] = []  # tool calls streamed so far (OpenAI shape, with their ids)
-        self._tags = 0  # <tool_call> and </tool_call> tags seen: the blocks are read again when it changes
+        self._tag_end = 0  # the text is read for new blocks when a tag appears after this offset
+        self._block_end = 0  # where the last complete block read so far ends
+        self._stop_hold = max([len(x) for x in seq.params.stop] + [1]) - 1  # text a stop string may still cut
         self._result: ChoiceResult | None = None
 
     def _logprobs(self) -> list | None:
@@ -160,29 +162,35 @@ class ChatChoice:
         if self.state is None:
             return ChoiceDelta(self.index, logprobs=lps) if lps else None
         d = self.state.advance(out)
+        calls = self._new_calls()
         text = self.held + (d.text if d else "")
         piece = text.rstrip()
         self.held = text[len(piece):]
         self.sent += piece
         reasoning = d.reasoning if d else ""
-        calls = self._new_calls()
         if not (piece or reasoning or lps or calls):
             return None
         return ChoiceDelta(self.index, piece, reasoning, lps, tool_calls=calls or None)
 
     def _new_calls(self) -> list[dict[str, Any]]:
-        """Tool calls whose blocks were completed since the last step (tools offered, tool_choice not "none")."""
+        """Tool calls whose blocks were completed since the last step (tools offered, tool_choice not "none").
+
+        Only text no stop string can still cut is read (a stop string completed later cuts the answer where it
+        starts), blocks already read are not read again, and nothing is read until a new tag arrives."""
         if not self.spec.tools or self.spec.tool_choice_none:
             return []
-        full = self.state.decoder.text
-        tags = full.count("<tool_call>") + full.count("</tool_call>")
-        if tags == self._tags:
+        if not self.spec.parallel_tool_calls and self.sent_calls:
             return []
-        self._tags = tags
-        calls = completed_tool_calls(full, self.llm.thinking)
+        full = self.state.decoder.text
+        safe = full[:len(full) - self._stop_hold]
+        tag = max(safe.rfind("<tool_call>", self._tag_end), safe.rfind("</tool_call>", self._tag_end))
+        if tag < 0:
+            return []
+        self._tag_end = safe.index(">", tag) + 1
+        calls, self._block_end = completed_tool_calls(safe, self.llm.thinking, self._block_end)
         if not self.spec.parallel_tool_calls:
             calls = calls[:1]
-        new = openai_tool_calls(calls[len(self.sent_calls):])
+        new = openai_tool_calls(calls)
         start = len(self.sent_calls)
         self.sent_calls += new
         return _indexed(new, start)

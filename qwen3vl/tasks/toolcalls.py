@@ -2,7 +2,7 @@
 
 Qwen3-VL writes calls as `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` (spec §9). An
 endpoint that does not parse them (or a local run without `tools=`) hands back the raw text, so this
-module reads them itself and never raises on bad input: a call whose JSON cannot be repaired is reported
+module reads them itself and never raises on bad input (nesting too deep for Python's parser included): a call whose JSON cannot be repaired is reported
 in `problems` and counted in `invalid`. `strict` says whether every call was well-formed as written
 (closing tag present, JSON valid without repairs, `name` a string, `arguments` an object), which is
 what the tool-call validity metric counts.
@@ -59,10 +59,10 @@ def normalize_call(obj: Any) -> ToolCall | str:
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             try:
                 args, _, _ = _lenient_object(args)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 return f"arguments are not JSON ({e})"
     if not isinstance(args, dict):
         return f"arguments are a {type(args).__name__}, expected an object"
@@ -80,7 +80,7 @@ def parse_tool_calls(text: str) -> ToolCallParse:
         if stripped.startswith("{") and '"name"' in stripped:
             try:
                 obj = json.loads(stripped)
-            except ValueError:
+            except (ValueError, RecursionError):
                 obj = None
             call = normalize_call(obj) if obj is not None else None
             if isinstance(call, ToolCall):
@@ -97,11 +97,11 @@ def parse_tool_calls(text: str) -> ToolCallParse:
             out.problems.append(f"{label}: no closing </tool_call>")
         try:
             obj = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             out.strict = False
             try:
                 obj, notes, truncated = _lenient_object(body)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 out.invalid += 1
                 out.problems.append(f"{label}: not JSON ({e}): {body[:80]!r}")
                 continue

@@ -60,6 +60,8 @@ def parse_step(text: str, tool_calls: Sequence[dict[str, Any]] | None = None, ra
                       action.group(1).strip().strip('"') if action else "")
     if tool_calls:
         step.calls = [ToolCall(c["name"], dict(c.get("arguments") or {})) for c in tool_calls]
+        if raw_text and "<tool_call>" in raw_text:  # what was wrong with any block that did not become a call
+            step.problems = parse_tool_calls(raw_text).problems
     else:
         parsed = parse_tool_calls(raw_text or text)
         step.calls, step.problems = parsed.calls, parsed.problems
