@@ -165,6 +165,19 @@ def test_a_stop_string_that_cuts_into_a_call_written_before_it(instruct):
     assert calls == [] and content == r.choices[0].message.content and reasons == ["stop"]
 
 
+@pytest.mark.parametrize("text", [" Hi.\n" + CALL, "  \n" + CALL + "\n  After.",
+                                  "Before.\n" + CALL + "\nBetween.\n" + CALL])
+def test_streamed_content_joins_to_the_non_streamed_content(instruct, text):
+    _, script, client = instruct
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "?"}], tools=TOOLS)
+    script.say(text)
+    r = client.chat.completions.create(**kw)
+    script.say(text)
+    content, _, calls, _ = _stream(client, **kw)
+    assert content == (r.choices[0].message.content or "")
+    assert len(calls) == len(r.choices[0].message.tool_calls) == text.count(CALL)
+
+
 def test_a_readable_call_next_to_an_unreadable_one(instruct):
     """Each block is read on its own: the readable call is a call (streamed at once), the other stays text."""
     _, script, client = instruct

@@ -36,7 +36,7 @@ class ToolCallParse:
     invalid: int = 0  # blocks that could not be turned into a call
     strict: bool = True
     content: str = ""  # the text with the tool-call blocks removed
-    kept: str = ""  # the text with only the blocks that became calls removed (unreadable ones stay)
+    kept: str = ""  # the text with only the blocks that became calls removed (unreadable ones stay), right-stripped
 
 
 def _lenient_object(body: str) -> tuple[Any, list[str], bool]:
@@ -121,7 +121,10 @@ def parse_tool_calls(text: str) -> ToolCallParse:
         out.calls.append(call)
         kept.append(text[last:m.start()])
         last = m.end()
-    out.kept = ("".join(kept) + text[last:]).strip()
+    joined = "".join(kept) + text[last:]
+    if kept and not kept[0].strip():  # the answer opens with a call: what follows it loses its leading whitespace
+        joined = joined.lstrip()
+    out.kept = joined.rstrip()  # leading whitespace of text before the first call stays, as a stream sends it
     return out
 
 
