@@ -24,28 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def write_video(path: Path, seconds: float, width: int, height: int, fps: int, gop: int, bframes: int) -> int:
-    import av
-
-    n = int(round(seconds * fps))
-    y, x = np.mgrid[0:height, 0:width]
-    base = ((x // 8 + y // 8) % 256).astype(np.uint8)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "30", "g": str(gop), "bf": str(bframes)}
-        stream.thread_type = "AUTO"
-        img = np.empty((height, width, 3), dtype=np.uint8)
-        for i in range(n):
-            img[..., 0] = base + np.uint8(i % 256)
-            img[..., 1] = base * np.uint8(2) - np.uint8(i % 256)
-            img[..., 2] = (i * 7) % 256
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return n
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_video_memory import write_video  # noqa: E402
 
 
 def best_of(fn, runs: int) -> tuple[float, object]:
@@ -80,7 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.mp4"
         t = time.perf_counter()
-        n = write_video(path, args.minutes * 60, args.width, args.height, args.fps, args.gop, args.bframes)
+        n = write_video(path, args.minutes * 60, args.width, args.height, args.fps,
+                        options={"g": str(args.gop), "bf": str(args.bframes)})
         print(f"wrote {n} frames in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         total, fps, h, w = V.probe(path)
         indices = V._plan_file(total, fps, h, w, cfg, opts, "qwen-vl-utils").indices

@@ -27,8 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_video(path: Path, seconds: float, width: int, height: int, fps: int, codec: str = "libx264") -> int:
-    """A moving gradient; cheap to encode. Returns the number of frames written."""
+def write_video(path: Path, seconds: float, width: int, height: int, fps: int, codec: str = "libx264",
+                options: dict[str, str] | None = None) -> int:
+    """A moving gradient; cheap to encode. `options` go to the encoder after the x264 defaults. Returns the number
+    of frames written."""
     import av
 
     n = int(round(seconds * fps))
@@ -39,6 +41,7 @@ def write_video(path: Path, seconds: float, width: int, height: int, fps: int, c
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "30"}
+        stream.options = {**stream.options, **(options or {})}
         stream.thread_type = "AUTO"
         for i in range(n):
             img = np.empty((height, width, 3), dtype=np.uint8)

@@ -155,18 +155,20 @@ class LLM:
         `adapter=name` (`chat(..., adapter="name")`), others keep the base model, in the same batch
         (qwen3vl/engine/adapters.py). Adapters on the vision encoder, embeddings or LM head are refused
         (AdapterError): merge those at load with `LLM(lora=...)`."""
-        if self.engine.adapters is None:
-            raise AdapterError("per-request LoRA adapters are not supported with tensor parallelism")
-        self.engine.adapters.add(name, adapter, revision)
+        self._adapter_set().add(name, adapter, revision)
 
     def remove_lora(self, name: str) -> None:
         """Unload an adapter added with `add_lora` (requests still using it must have finished)."""
-        if self.engine.adapters is None:
-            raise AdapterError("per-request LoRA adapters are not supported with tensor parallelism")
+        adapters = self._adapter_set()
         if any(s.params.adapter == name for seqs in self.engine.requests.values() for s in seqs
                if s.finish_reason is None):
             raise ValueError(f"adapter {name!r} is in use by a running request")
-        self.engine.adapters.remove(name)
+        adapters.remove(name)
+
+    def _adapter_set(self):
+        if self.engine.adapters is None:
+            raise AdapterError("per-request LoRA adapters are not supported with tensor parallelism")
+        return self.engine.adapters
 
     @property
     def loras(self) -> list[str]:
@@ -319,7 +321,7 @@ class _StreamState:
         self.llm, self.seq, self.tools = llm, seq, tools
         self.decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=True)
         self.splitter = ReasoningSplitter(llm.thinking)
-        self.hold = max([len(x) for x in seq.params.stop] + [len(self.TOOL_OPEN)]) - 1
+        self.hold = max(seq.params.longest_stop, len(self.TOOL_OPEN)) - 1
         self.emitted = 0
         self.text = ""
         self.reasoning = ""

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qwen3vl.weights.adapters import Adapter, AdapterError, read_adapter
+from qwen3vl.weights.adapters import Adapter, AdapterError, _target, read_adapter
 
 DECODER = "model.language_model.layers."
 
@@ -45,9 +45,6 @@ class AdapterSet:
         self._next_id = 1  # ids are never reused
         self._hooks: dict[str, Any] = {}
         self._groups: list[tuple[int, torch.Tensor | None]] = []  # this step's (adapter id, token rows; None: all)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.ids
 
     def names(self) -> list[str]:
         return list(self.ids)
@@ -72,11 +69,7 @@ class AdapterSet:
             if pair.embedding or not where.startswith(DECODER):
                 raise AdapterError(f"adapter {src} adapts {where}; only the language model's decoder layers can be "
                                    "adapted per request: merge this adapter at load instead (LLM(lora=...), --lora)")
-            try:
-                module = self.model.get_submodule(where)
-            except AttributeError:
-                raise AdapterError(f"adapter {src} targets {where}, which this model does not have (was it trained "
-                                   "for another model size?)") from None
+            module = _target(self.model, where, src)
             if not isinstance(module, nn.Linear):
                 raise AdapterError(f"adapter {src} targets {where}, a {type(module).__name__}, not a linear layer")
             if (pair.B.shape[0], pair.A.shape[1]) != (module.out_features, module.in_features):
@@ -128,11 +121,12 @@ class AdapterSet:
             return
         present = torch.unique(token_adapters).tolist()
         for aid in present:
-            if aid and not self.loaded(aid):
+            if not aid:
+                continue
+            if not self.loaded(aid):
                 raise RuntimeError(f"LoRA adapter id {aid} was removed while a request still used it")
-            if aid:
-                rows = None if len(present) == 1 else torch.nonzero(token_adapters == aid).flatten().to(device)
-                self._groups.append((aid, rows))
+            rows = None if len(present) == 1 else torch.nonzero(token_adapters == aid).flatten().to(device)
+            self._groups.append((aid, rows))
 
     def end(self) -> None:
         self._groups = []

@@ -83,6 +83,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def longest_stop(self) -> int:
+        """Length of the longest stop string (0: none): a stream holds back one character less of its text."""
+        return max(map(len, self.stop), default=0)
+
 
 def from_generation_config(cfg: dict) -> dict:
     """Sampling defaults from a checkpoint's generation_config.json (greedy when do_sample is false)."""

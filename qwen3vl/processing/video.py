@@ -277,6 +277,17 @@ class _SeekMissed(Exception):
     """A seek did not land where the plan said: the rest is decoded in order."""
 
 
+def _decode_to(frames: Iterator, pts: int):
+    """Decode on to the frame with presentation timestamp `pts`; raises _SeekMissed if the stream passes or ends
+    before it."""
+    for frame in frames:
+        if frame.pts is None or frame.pts >= pts:
+            if frame.pts != pts:
+                break
+            return frame
+    raise _SeekMissed
+
+
 def _frames_seeking(data: bytes | Path, plan: list[_Step], height: int, width: int) -> Iterator[np.ndarray]:
     """The planned frames, resized, one by one; raises _SeekMissed when a seek does not land on (or before) its
     keyframe, the frame there is not a keyframe (a container that flags frames wrongly), or a planned timestamp is
@@ -294,21 +305,13 @@ def _frames_seeking(data: bytes | Path, plan: list[_Step], height: int, width: i
                     container.seek(step.seek_to, stream=stream, backward=True, any_frame=False)
                 frames = container.decode(stream)
                 if step.seek_to is not None:
-                    frame = None
-                    for frame in frames:
-                        if frame.pts is None or frame.pts >= step.key:
-                            break
-                    if frame is None or frame.pts != step.key or not frame.key_frame:
+                    frame = _decode_to(frames, step.key)
+                    if not frame.key_frame:
                         raise _SeekMissed
                     if step.key == step.target:
                         yield resize_frame(frame.to_ndarray(format="rgb24"), height, width)
                         continue
-            frame = None
-            for frame in frames:
-                if frame.pts is None or frame.pts >= step.target:
-                    break
-            if frame is None or frame.pts != step.target:
-                raise _SeekMissed
+            frame = _decode_to(frames, step.target)
             yield resize_frame(frame.to_ndarray(format="rgb24"), height, width)
     except av.FFmpegError:
         raise _SeekMissed from None

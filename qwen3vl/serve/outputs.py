@@ -143,7 +143,7 @@ class ChatChoice:
         self.sent_calls: list[dict[str, Any]] = []  # tool calls streamed so far (OpenAI shape, with their ids)
         self._tag_end = 0  # the text is read for new blocks when a tag appears after this offset
         self._block_end = 0  # where the last complete block read so far ends
-        self._stop_hold = max([len(x) for x in seq.params.stop] + [1]) - 1  # text a stop string may still cut
+        self._stop_hold = max(seq.params.longest_stop - 1, 0)  # text a stop string may still cut
         self._result: ChoiceResult | None = None
 
     def _logprobs(self) -> list | None:
@@ -258,7 +258,7 @@ class TextChoice:
     def __init__(self, llm: LLM, seq: Sequence, index: int, stream: bool):
         self.llm, self.seq, self.index = llm, seq, index
         self.decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=True) if stream else None
-        self.hold = max([len(s) for s in seq.params.stop] + [1]) - 1
+        self.hold = max(seq.params.longest_stop - 1, 0)
         self.sent = ""
         self.cursor = _LogprobCursor(seq) if seq.params.logprobs is not None else None
         self._result: ChoiceResult | None = None

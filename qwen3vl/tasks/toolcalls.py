@@ -2,10 +2,10 @@
 
 Qwen3-VL writes calls as `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` (spec §9). An
 endpoint that does not parse them (or a local run without `tools=`) hands back the raw text, so this
-module reads them itself and never raises on bad input (nesting too deep for Python's parser included): a call whose JSON cannot be repaired is reported
-in `problems` and counted in `invalid`. `strict` says whether every call was well-formed as written
-(closing tag present, JSON valid without repairs, `name` a string, `arguments` an object), which is
-what the tool-call validity metric counts.
+module reads them itself and never raises on bad input (nesting too deep for Python's parser included): a
+call whose JSON cannot be repaired is reported in `problems` and counted in `invalid`. `strict` says whether every
+call was well-formed as written (closing tag present, JSON valid without repairs, `name` a string, `arguments` an
+object), which is what the tool-call validity metric counts.
 """
 
 from __future__ import annotations
