@@ -158,12 +158,9 @@ class LLM:
         self._adapter_set().add(name, adapter, revision)
 
     def remove_lora(self, name: str) -> None:
-        """Unload an adapter added with `add_lora` (requests still using it must have finished)."""
-        adapters = self._adapter_set()
-        if any(s.params.adapter == name for seqs in self.engine.requests.values() for s in seqs
-               if s.finish_reason is None):
-            raise ValueError(f"adapter {name!r} is in use by a running request")
-        adapters.remove(name)
+        """Unload an adapter added with `add_lora`. New requests cannot use the name any more; requests already
+        running with it finish with it, and its weights are freed after the last of them."""
+        self._adapter_set().remove(name, self.engine.adapters_in_use())
 
     def _adapter_set(self):
         if self.engine.adapters is None:

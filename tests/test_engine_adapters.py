@@ -1,7 +1,9 @@
 """LoRA adapters chosen per request (engine/adapters.py): a request with `adapter=NAME` gets what the model with that
 adapter merged gives (same tokens, logprobs within 1e-4 in float32), mixed in one batch with base-model requests and
 requests of another adapter; the prefix cache never hands one adapter's keys and values to another; the server
-routes `model: NAME` to the adapter and lists it; adapters that cannot be applied per request are refused by name."""
+routes `model: NAME` to the adapter and lists it, and loads and unloads adapters at run time (vLLM's routes);
+an adapter removed while a request uses it serves that request to the end; adapters that cannot be applied per
+request are refused by name."""
 
 from __future__ import annotations
 
@@ -145,13 +147,15 @@ def test_serve_flag_lora_modules(folders):
     import argparse
 
     from qwen3vl.commands import build_llm, lora_modules_arg
-    from qwen3vl.serve.cli import add_serve_parser
+    from qwen3vl.serve.cli import add_serve_parser, settings_from_args
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", "--model", str(folders["base"]), "--device", "cpu", "--kv-cache-gb", "0.05",
                               "--lora-modules", f"a={folders['a']}", f"b={folders['b']}"])
     assert build_llm(args).loras == ["a", "b"]
+    assert settings_from_args(args).allow_runtime_lora is False
+    assert settings_from_args(parser.parse_args(["serve", "--allow-runtime-lora"])).allow_runtime_lora is True
     for bad, message in ((["a"], "NAME=ADAPTER"), (["=x"], "NAME=ADAPTER"), (["a=x", "a=y"], "names 'a' twice")):
         with pytest.raises(SystemExit, match=message):
             lora_modules_arg(bad)
@@ -205,3 +209,74 @@ def test_other_adapters_are_refused_by_name(folders, tmp_path, config, message):
         with pytest.raises(AdapterError, match="only the language model's decoder layers can be adapted per request"):
             llm.add_lora("n", pairs_only)
     assert llm.loras == [] and not any(m._forward_hooks for m in llm.model.modules())
+
+
+def test_removing_an_adapter_that_a_running_request_uses(folders):
+    llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05, lora_modules={"a": folders["a"], "b": folders["b"]})
+    conv = CONVS[0]
+    _, seqs, _ = llm.submit(conv, adapter="a", **SAMPLING)
+    llm.engine.step()  # prefill and the first token, with adapter a
+    hooked = {n for n, m in llm.model.named_modules() if m._forward_hooks}
+    llm.remove_lora("a")
+    assert llm.loras == ["b"]
+    with pytest.raises(ValueError, match="no LoRA adapter named 'a'"):
+        llm.submit(conv, adapter="a", max_tokens=2)  # the name is gone at once
+    assert {n for n, m in llm.model.named_modules() if m._forward_hooks} == hooked  # the weights are not
+    while seqs[0].finish_reason is None:
+        llm.engine.step()
+    # the running request finished as the model with adapter a merged answers
+    got = (list(seqs[0].output_ids), [lp for lp, _ in seqs[0].logprobs])
+    _same(got, _run(_merged(folders, "a"), [(conv, None)])[0])
+    # then a's weights and the hooks only a used are gone; b's stay and still work
+    assert llm.engine.adapters.retiring == set()
+    left = {n for n, m in llm.model.named_modules() if m._forward_hooks}
+    assert left == {n for n, m in llm.model.named_modules()
+                    if n.endswith(("o_proj", "down_proj", "gate_proj")) and n.startswith("model.language_model")}
+    _same(_run(llm, [(conv, "b")])[0], _run(_merged(folders, "b"), [(conv, None)])[0])
+    with pytest.raises(AdapterError, match="no adapter named 'a' is loaded"):
+        llm.remove_lora("a")
+
+
+def test_the_server_loads_and_unloads_adapters_at_run_time(folders):
+    import httpx
+
+    llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05)
+    off = LLM(folders["base"], device="cpu", kv_cache_gb=0.05)
+    with ServerThread(create_app(off, ServeSettings(["tiny"]))) as server:
+        r = httpx.post(server.url + "/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": str(folders["a"])})
+        assert r.status_code == 404 and "--allow-runtime-lora" in r.json()["error"]["message"]
+    assert off.loras == []
+    with ServerThread(create_app(llm, ServeSettings(["tiny"], allow_runtime_lora=True))) as server:
+        client = openai.OpenAI(api_key="unused", base_url=server.url + "/v1", max_retries=0, timeout=60)
+        load, unload = server.url + "/v1/load_lora_adapter", server.url + "/v1/unload_lora_adapter"
+        r = httpx.post(load, json={"lora_name": "a", "lora_path": str(folders["a"])})
+        assert r.status_code == 200 and r.text == "Success: LoRA adapter 'a' added successfully."
+        assert {m.id for m in client.models.list().data} == {"tiny", "a"}
+        got = client.chat.completions.create(model="a", messages=CONVS[0], max_tokens=6, temperature=0.0,
+                                             extra_body={"ignore_eos": True})
+        want = _merged(folders, "a").chat(CONVS[0], max_tokens=6, temperature=0.0, ignore_eos=True)
+        assert got.choices[0].message.content == want.text
+        # refusals, each naming what is wrong; none of them changes what is served
+        for body, status, message in (
+                ({"lora_name": "a", "lora_path": str(folders["b"])}, 400, "'a' is already served"),
+                ({"lora_name": "tiny", "lora_path": str(folders["b"])}, 400, "'tiny' is already served"),
+                ({"lora_name": "v", "lora_path": str(folders["vision"])}, 400, "merge this adapter at load"),
+                ({"lora_name": "x", "lora_path": str(folders["base"] / "nowhere")}, 400, "LoRA adapter 'x'"),
+                ({"lora_name": "x"}, 400, "lora_path"),
+                ({"lora_name": "", "lora_path": str(folders["b"])}, 400, "lora_name")):
+            r = httpx.post(load, json=body)
+            assert r.status_code == status and message in r.json()["error"]["message"], (body, r.text)
+        r = httpx.post(unload, json={"lora_name": "b"})
+        assert r.status_code == 404 and "no adapter named 'b'" in r.json()["error"]["message"]
+        assert {m.id for m in client.models.list().data} == {"tiny", "a"}
+        r = httpx.post(unload, json={"lora_name": "a"})
+        assert r.status_code == 200 and r.text == "Success: LoRA adapter 'a' removed successfully."
+        with pytest.raises(openai.NotFoundError, match="serves tiny"):
+            client.chat.completions.create(model="a", messages=CONVS[0], max_tokens=2)
+        assert not any(m._forward_hooks for m in llm.model.modules())
+        # the same name again with other weights: served from the new load
+        assert httpx.post(load, json={"lora_name": "a", "lora_path": str(folders["b"])}).status_code == 200
+        got = client.chat.completions.create(model="a", messages=CONVS[0], max_tokens=6, temperature=0.0,
+                                             extra_body={"ignore_eos": True})
+        want = _merged(folders, "b").chat(CONVS[0], max_tokens=6, temperature=0.0, ignore_eos=True)
+        assert got.choices[0].message.content == want.text

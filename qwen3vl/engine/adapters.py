@@ -14,8 +14,9 @@ tensors (`modules_to_save`) are refused with an AdapterError that says to merge 
 (`LLM(lora=...)`); LoRA biases (`lora_bias`) are refused too.
 The prefix cache keys blocks by the adapter's load (BlockManager.block_hashes: an adapter changes the keys and
 values, and ids are never reused, so an adapter removed and loaded again under its name never meets the old one's
-blocks). A request keeps the id of the load it started with. Loading and removing is not synchronised with a server
-that is running the engine: change adapters before serving, or between requests.
+blocks). A request keeps the id of the load it started with. Removing an adapter takes its name away at once (new
+requests cannot pick it); its weights stay until the last request running with it has finished (`release`). The
+set itself is not thread-safe: a server changes it on its engine thread (`/v1/load_lora_adapter`).
 
 Legend: T tokens in the step, I in_features, O out_features, r rank.
 """
@@ -33,6 +34,10 @@ from qwen3vl.weights.adapters import Adapter, AdapterError, _target, read_adapte
 DECODER = "model.language_model.layers."
 
 
+class UnknownAdapterError(AdapterError):
+    """A request or a removal names an adapter that is not loaded."""
+
+
 class AdapterSet:
     """The adapters an engine can apply per request, by name; ids start at 1 (0 is the base model)."""
 
@@ -45,6 +50,7 @@ class AdapterSet:
         self._next_id = 1  # ids are never reused
         self._hooks: dict[str, Any] = {}
         self._groups: list[tuple[int, torch.Tensor | None]] = []  # this step's (adapter id, token rows; None: all)
+        self.retiring: set[int] = set()  # removed by name, still used by running requests
 
     def names(self) -> list[str]:
         return list(self.ids)
@@ -90,11 +96,25 @@ class AdapterSet:
         self.ids[name] = aid
         return aid
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, in_use: set[int] | frozenset = frozenset()) -> None:
+        """Unload `name`. Its weights go now, or, while a request in `in_use` (adapter ids of the requests still
+        running) uses this load, once `release` finds it unused."""
         aid = self.ids.pop(name, None)
         if aid is None:
-            raise AdapterError(f"no adapter named {name!r} is loaded")
+            raise UnknownAdapterError(f"no adapter named {name!r} is loaded")
         self.folders.pop(name, None)
+        if aid in in_use:
+            self.retiring.add(aid)
+        else:
+            self._drop(aid)
+
+    def release(self, in_use: set[int]) -> None:
+        """Free the weights of removed adapters that no request in `in_use` still runs with."""
+        for aid in self.retiring - in_use:
+            self.retiring.discard(aid)
+            self._drop(aid)
+
+    def _drop(self, aid: int) -> None:
         for where in list(self.weights):
             self.weights[where].pop(aid, None)
             if not self.weights[where]:
@@ -102,7 +122,7 @@ class AdapterSet:
                 self._hooks.pop(where).remove()
 
     def loaded(self, aid: int) -> bool:
-        return aid in self.ids.values()
+        return aid in self.retiring or aid in self.ids.values()
 
     def id_of(self, name: str | None) -> int:
         if name is None:
@@ -110,7 +130,7 @@ class AdapterSet:
         aid = self.ids.get(name)
         if aid is None:
             have = ", ".join(self.ids) or "none"
-            raise ValueError(f"no LoRA adapter named {name!r} is loaded (loaded: {have})")
+            raise UnknownAdapterError(f"no LoRA adapter named {name!r} is loaded (loaded: {have})")
         return aid
 
     # ------------------------------------------------------------------ one step

@@ -154,6 +154,15 @@ class Engine:
         for seq in self.requests.pop(request_id, []):
             if seq.status is not Status.FINISHED:
                 self.scheduler.finish(seq, "abort")
+        self._release_adapters()
+
+    def adapters_in_use(self) -> set[int]:
+        """Ids of the LoRA adapter loads that waiting or running sequences use."""
+        return {s.adapter_id for s in (*self.scheduler.waiting, *self.scheduler.running) if s.adapter_id}
+
+    def _release_adapters(self) -> None:
+        if self.adapters is not None and self.adapters.retiring:  # removed adapters nobody runs with any more
+            self.adapters.release(self.adapters_in_use())
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
@@ -166,6 +175,7 @@ class Engine:
                 # nothing runs and the head of the queue cannot get blocks: it can never run
                 seq = self.scheduler.waiting[0]
                 self.scheduler.finish(seq, "length")
+                self._release_adapters()
                 return [StepOutput(seq, [], True)]
             return []
         logits = self.runner.execute(chunks)
@@ -181,6 +191,7 @@ class Engine:
             out = self._sample(seq, logits[row])
             row += 1
             outputs.append(out)
+        self._release_adapters()
         return outputs
 
     def _sample(self, seq: Sequence, logits: torch.Tensor) -> StepOutput:

@@ -2,7 +2,8 @@
 unchanged.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both streamed as server-sent events or not),
-`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text). All generation goes through one `EngineLoop`.
+`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), and, with `allow_runtime_lora`, vLLM's
+`POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter`. All generation goes through one `EngineLoop`.
 
 Request bodies are read (size-limited; NaN/Infinity rejected) and validated with the pydantic models in
 `schemas.py`, so every bad input is an OpenAI-shaped 4xx naming the field; `transport.py` holds the HTTP plumbing
@@ -11,6 +12,7 @@ Request bodies are read (size-limited; NaN/Infinity rejected) and validated with
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qwen3vl.engine.adapters import UnknownAdapterError
 from qwen3vl.llm import LLM
 from qwen3vl.processing.errors import MediaError, MessageFormatError
 from qwen3vl.processing.sources import FetchOptions
@@ -33,8 +36,9 @@ from qwen3vl.serve.loop import EngineLoop, RequestHandle
 from qwen3vl.serve.media import MediaPolicy
 from qwen3vl.serve.metrics import Metrics
 from qwen3vl.serve.prompts import chat_job, completion_job, sampling_params
-from qwen3vl.serve.schemas import ChatCompletionRequest, CompletionRequest, parse
+from qwen3vl.serve.schemas import ChatCompletionRequest, CompletionRequest, LoadLoRARequest, UnloadLoRARequest, parse
 from qwen3vl.serve.transport import EventStream, Guard, read_json, stream_events, wait_finished
+from qwen3vl.weights.adapters import AdapterError, read_adapter
 
 
 @dataclass
@@ -50,6 +54,7 @@ class ServeSettings:
     max_request_mb: float = 64.0
     preprocess_workers: int = 2
     sampling_defaults: dict[str, Any] = field(default_factory=dict)  # for fields a request leaves out
+    allow_runtime_lora: bool = False  # the load/unload LoRA adapter routes (they read any path the server can)
 
 
 def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
@@ -171,6 +176,36 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         events = (lambda h: _completion_events(env, h, req.include_usage)) if req.stream else None
         return await run(request, env, completion_job(llm, req, params), arrival, events, R.completion)
 
+    # ------------------------------------------------------------------ LoRA adapters at run time (vLLM's API)
+    def runtime_lora() -> None:
+        if not settings.allow_runtime_lora:
+            raise APIError(404, "loading LoRA adapters at run time is off on this server (start it with "
+                                "--allow-runtime-lora)", code="not_enabled")
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request):
+        runtime_lora()
+        req = parse(LoadLoRARequest, await read_json(request, max_body))
+        name = req.lora_name
+        if name in names or name in llm.loras:
+            raise bad_request(f"the name {name!r} is already served; unload it first or pick another", "lora_name")
+        try:  # reading the files (or downloading them) happens off the engine thread; adding the hooks on it
+            adapter = await asyncio.get_running_loop().run_in_executor(engine_loop.pool, read_adapter, req.lora_path)
+            await engine_loop.on_engine(lambda: llm.add_lora(name, adapter))
+        except (AdapterError, OSError) as e:
+            raise bad_request(f"LoRA adapter {name!r}: {e}", "lora_path") from None
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request):
+        runtime_lora()
+        req = parse(UnloadLoRARequest, await read_json(request, max_body))
+        try:  # requests running with it finish with it; new ones get a 404 for its name
+            await engine_loop.on_engine(lambda: llm.remove_lora(req.lora_name))
+        except UnknownAdapterError as e:
+            raise APIError(404, str(e), "lora_name", "model_not_found") from None
+        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
+
     return app
 
 
@@ -181,7 +216,7 @@ def _model_card(name: str, llm: LLM) -> dict[str, Any]:
 
 def _adapter_card(name: str, llm: LLM, base: str) -> dict[str, Any]:
     """A LoRA adapter served next to the base model (as vLLM lists them: `parent` is the base model)."""
-    return {**_model_card(name, llm), "root": str(llm.engine.adapters.folders[name]), "parent": base}
+    return {**_model_card(name, llm), "root": str(llm.engine.adapters.folders.get(name, "")), "parent": base}
 
 
 async def _chat_events(env: R.Envelope, handle: RequestHandle, n: int, include_usage: bool) -> AsyncIterator[str]:

@@ -31,6 +31,9 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME=ADAPTER",
                    help="peft LoRA adapters (folders or hub ids) served unmerged next to the base model: a request "
                         "whose `model` is NAME uses that adapter; others keep the base model, in the same batch")
+    g.add_argument("--allow-runtime-lora", action="store_true",
+                   help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's API): clients may "
+                        "then make the server read any adapter path it can reach; use with --api-key")
     g.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait beyond --max-num-seqs running ones; more get 429")
     g.add_argument("--request-timeout", type=float, default=600.0,
@@ -63,7 +66,8 @@ def settings_from_args(args: argparse.Namespace):
         max_queue=args.max_queue, request_timeout=args.request_timeout, allow_remote_media=args.allow_remote_media,
         allowed_local_media_path=args.allowed_local_media_path, remote_media_timeout=args.remote_media_timeout,
         max_remote_media_mb=args.max_remote_media_mb, max_request_mb=args.max_request_mb,
-        preprocess_workers=args.preprocess_workers, sampling_defaults=defaults)
+        preprocess_workers=args.preprocess_workers, sampling_defaults=defaults,
+        allow_runtime_lora=args.allow_runtime_lora)
 
 
 def serve(args: argparse.Namespace) -> int:

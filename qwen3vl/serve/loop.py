@@ -7,7 +7,8 @@ Threads and what they own:
   images and videos (the `build` function of `prompts.py`), so a large image never stalls everyone's decoding;
 * the engine thread is the only one that calls `engine.add_request`, `engine.step` and `engine.abort`. Requests and
   aborts reach it through a thread-safe inbox; its outputs go back to each request's asyncio queue through
-  `loop.call_soon_threadsafe`, one batch of events per request per step.
+  `loop.call_soon_threadsafe`, one batch of events per request per step. Other changes to the engine (loading a
+  LoRA adapter at run time) reach it the same way (`on_engine`) and run between two steps.
 
 A request that is aborted (client gone, timeout) is removed from the engine at once, which frees its sequences and
 KV blocks. If a step raises (a bug: bad input is rejected before it gets here), every running request fails with a
@@ -23,8 +24,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
+from qwen3vl.engine.adapters import UnknownAdapterError
 from qwen3vl.engine.engine import PromptTooLongError, StepOutput
 from qwen3vl.engine.sequence import Sequence
 from qwen3vl.llm import LLM
@@ -35,6 +37,7 @@ from qwen3vl.serve.metrics import Metrics
 from qwen3vl.serve.outputs import ChoiceDelta
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RequestHandle:
@@ -84,6 +87,21 @@ class _Active:
     def usage(self) -> Usage:
         cached = sum(self.seqs[k * self.job.params.n].num_cached_prefix for k in range(len(self.rids)))
         return Usage(self.prompt_tokens, sum(len(s.output_ids) for s in self.seqs), cached)
+
+
+def _answer(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    """Settle an asyncio future from the engine thread (unless its awaiter has gone)."""
+    def settle() -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+    try:
+        fut.get_loop().call_soon_threadsafe(settle)
+    except RuntimeError:  # the event loop is closed
+        pass
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -167,6 +185,14 @@ class EngineLoop:
             self.finish(handle)
             raise
 
+    async def on_engine(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread between two steps and return its result (or raise its exception)."""
+        if self.closing or not self.alive:
+            raise APIError(503, "the server is shutting down", code="shutting_down")
+        fut = asyncio.get_running_loop().create_future()
+        self.inbox.put(("call", fut, fn))
+        return await fut
+
     def finish(self, handle: RequestHandle) -> None:
         """The HTTP side is done with a request: abort it in the engine unless it already finished."""
         if not handle.done and not handle.cancelled:
@@ -190,6 +216,13 @@ class EngineLoop:
                 self._fail_all(APIError(500, "internal error while generating; the request was aborted"))
             self.stats = self._snapshot()
         self._fail_all(APIError(503, "the server is shutting down", code="shutting_down"))
+        while True:  # calls queued after the stop get an answer too
+            try:
+                kind, fut, _ = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "call":
+                _answer(fut, None, APIError(503, "the server is shutting down", code="shutting_down"))
         self.stats = self._snapshot()
 
     def _drain(self, block: bool) -> None:
@@ -203,6 +236,12 @@ class EngineLoop:
                 self._add(handle, job)
             elif kind == "abort":
                 self._abort(handle.id)
+            elif kind == "call":
+                fut, fn = handle, job
+                try:
+                    _answer(fut, fn(), None)
+                except Exception as e:
+                    _answer(fut, None, e)
             elif kind == "stop":
                 self._stop.set()
             try:
@@ -221,7 +260,9 @@ class EngineLoop:
         except Exception as e:
             for rid in rids:
                 self.engine.abort(rid)
-            if isinstance(e, ValueError):
+            if isinstance(e, UnknownAdapterError):  # unloaded between the model check and now
+                err = APIError(404, str(e), "model", "model_not_found")
+            elif isinstance(e, ValueError):
                 err = bad_request(str(e), "messages",
                                   "context_length_exceeded" if isinstance(e, PromptTooLongError) else None)
             else:

@@ -180,6 +180,17 @@ class CompletionRequest(_Sampling):
         return list(p)  # type: ignore[arg-type]
 
 
+class LoadLoRARequest(_Strict):
+    """`POST /v1/load_lora_adapter` (vLLM's runtime LoRA loading)."""
+    lora_name: Annotated[str, Field(min_length=1, max_length=256)]
+    lora_path: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class UnloadLoRARequest(_Strict):
+    """`POST /v1/unload_lora_adapter`."""
+    lora_name: Annotated[str, Field(min_length=1, max_length=256)]
+
+
 def parse(model: type[_Strict], body: Any):
     """Validate a decoded JSON body; the first problem becomes a 400 naming its field."""
     if not isinstance(body, dict):
