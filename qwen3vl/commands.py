@@ -24,6 +24,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"],
                    help="weights dtype (default: the checkpoint's)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--quantization", "-q", default=None, choices=["int8"],
+                   help="weight-only int8 for the decoder and LM head: half the bytes of bf16, faster CPU decoding "
+                        "(docs/BENCHMARKS.md); logits close to, not equal to, the unquantized model's")
     g.add_argument("--max-model-len", type=int, default=None, help="context length limit")
     g.add_argument("--kv-cache-gb", type=float, default=2.0, help="memory for the paged KV cache")
     g.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together")
@@ -87,6 +90,7 @@ def build_llm(args: argparse.Namespace):
                    max_batch_tokens=args.max_batch_tokens, chat_format=args.chat_format, media=media,
                    allow_remote_media=args.allow_remote_media, progress=sys.stderr.isatty(),
                    tensor_parallel_size=args.tensor_parallel_size, lora=args.lora,
+                   quantization=getattr(args, "quantization", None),
                    lora_modules=lora_modules_arg(getattr(args, "lora_modules", None)))
     except (ModelNotFoundError, AdapterError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -98,7 +98,7 @@ class LLM:
                  chat_format: str = "auto", media: dict[str, Any] | None = None, allow_remote_media: bool = False,
                  progress: bool = False, tensor_parallel_size: int = 1,
                  lora: str | Path | list[str | Path] | None = None,
-                 lora_modules: dict[str, str | Path] | None = None):
+                 lora_modules: dict[str, str | Path] | None = None, quantization: str | None = None):
         from qwen3vl.model.qwen3vl import load_model
         from qwen3vl.processing.processor import load_processor
         from qwen3vl.weights.hub import resolve_checkpoint
@@ -114,6 +114,8 @@ class LLM:
         if (adapters or lora_modules) and tensor_parallel_size > 1:
             raise AdapterError("LoRA adapters with tensor_parallel_size > 1 are not supported: merge them into a "
                                "model folder first (qwen3vl train merge --model M --adapter A --out DIR) and load that")
+        if quantization is not None and tensor_parallel_size > 1:
+            raise ValueError("quantization with tensor_parallel_size > 1 is not supported")
         self._parallel = None
         if tensor_parallel_size > 1:  # other torchrun ranks never return from here (docs/PARALLEL.md)
             from qwen3vl.parallel.launch import start_tensor_parallel
@@ -127,6 +129,10 @@ class LLM:
 
                 for adapter in adapters:  # peft LoRA adapters, folded into the weights in the order given
                     merge_adapter(self.model, adapter)
+            if quantization is not None:  # after merging: adapters fold into float weights
+                from qwen3vl.model.quant import quantize_model
+
+                quantize_model(self.model, quantization)
         self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media)
         self.tokenizer = self.processor.tokenizer
         self.thinking = self.processor.chat_format == "thinking"

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qwen3vl.model.quant import Int8Linear
 from qwen3vl.weights.adapters import Adapter, AdapterError, _target, read_adapter
 
 DECODER = "model.language_model.layers."
@@ -76,14 +77,14 @@ class AdapterSet:
                 raise AdapterError(f"adapter {src} adapts {where}; only the language model's decoder layers can be "
                                    "adapted per request: merge this adapter at load instead (LLM(lora=...), --lora)")
             module = _target(self.model, where, src)
-            if not isinstance(module, nn.Linear):
+            if not isinstance(module, (nn.Linear, Int8Linear)):
                 raise AdapterError(f"adapter {src} targets {where}, a {type(module).__name__}, not a linear layer")
             if (pair.B.shape[0], pair.A.shape[1]) != (module.out_features, module.in_features):
                 raise AdapterError(f"adapter {src}: the update for {where} is {pair.B.shape[0]}x{pair.A.shape[1]}, "
                                    f"the layer is {module.out_features}x{module.in_features}")
             if pair.bias is not None:
                 raise AdapterError(f"adapter {src} has a LoRA bias on {where} (lora_bias), which is not supported")
-            w = module.weight
+            w = module.scales if isinstance(module, Int8Linear) else module.weight  # the layer's dtype and device
             staged[where] = (pair.A.to(device=w.device, dtype=w.dtype),
                              (pair.B.float() * pair.scale).to(device=w.device, dtype=w.dtype))
         aid = self._next_id

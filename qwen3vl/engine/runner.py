@@ -159,7 +159,7 @@ class ModelRunner:
         self.dtype = model.dtype
         self.block_size = block_size
         # kv heads from the weights, not the config: a tensor-parallel shard holds only its share of them
-        kv_heads = model.model.language_model.layers[0].self_attn.k_proj.weight.shape[0] // cfg.head_dim
+        kv_heads = model.model.language_model.layers[0].self_attn.k_proj.out_features // cfg.head_dim
         self.cache = KVCache(cfg.num_hidden_layers, num_blocks, block_size, kv_heads, cfg.head_dim,
                              self.dtype, self.device)
         self.vision_cache = VisionCache(vision_cache_bytes)

@@ -1,0 +1,198 @@
+"""Weight-only int8 quantization (model/quant.py): the rounding rule and its error bound; both compute paths of
+`Int8Linear` (the CPU int8 kernel for a few bfloat16 rows, the converted weight otherwise) equal a float matmul with
+the dequantized weight; a quantized model gives transformers' logits for that model with the dequantized weights
+put in (float32, 1e-4), tied and untied heads; greedy decoding through the engine matches too; per-request LoRA
+adapters still apply; the shipped demo model keeps its answers; `--quantization int8` reaches the LLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qwen3vl
+from qwen3vl.engine.engine import Engine, EngineConfig
+from qwen3vl.engine.sampling import SamplingParams
+from qwen3vl.model.quant import SMALL_M, Int8Linear, quantize_model, quantize_weight
+from engine_helpers import Prompt, sharpen
+from reference import IMG, VID, Inputs, batch, ours_kwargs, reference_model
+
+
+def test_rounding_rule_and_error_bound():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 70, generator=g) * torch.logspace(-3, 1, 300)[:, None]  # rows of very different size
+    w[5] = 0.0  # an all-zero row must not divide by zero
+    q, s = quantize_weight(w)
+    assert q.dtype == torch.int8 and s.dtype == torch.float32 and s.shape == (300,)
+    assert q.abs().max() <= 127
+    nonzero = w.abs().amax(1) > 0
+    assert (q.abs().amax(1)[nonzero] == 127).all()  # each row's largest weight maps to +-127
+    err = (q.float() * s[:, None] - w).abs()
+    assert (err <= s[:, None] / 2 * (1 + 1e-6)).all()
+    assert (q[5] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, SMALL_M, SMALL_M + 1, 37])
+def test_int8_linear_equals_a_matmul_with_the_dequantized_weight(dtype, rows):
+    g = torch.Generator().manual_seed(rows)
+    layer = torch.nn.Linear(96, 40, bias=True).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 96, generator=g))
+        layer.bias.copy_(torch.randn(40, generator=g))
+    q = Int8Linear.from_linear(layer)
+    x = torch.randn(2, rows, 96, generator=g).to(dtype)[:1]  # (1, rows, 96): a batch dimension stays
+    want = F.linear(x.float(), q.dequantized().float(), layer.bias.float())
+    got = q(x)
+    assert got.shape == (1, rows, 40) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, atol=tol * want.abs().max().item(), rtol=0)
+    # and it is a quantization, not a copy: the weight differs from the original, within the bound
+    diff = (q.dequantized().float() - layer.weight.float()).abs()
+    assert diff.max() > 0 and (diff <= q.scales.float()[:, None] * 0.51 + 1e-2 * (dtype == torch.bfloat16)).all()
+
+
+def _dequantized_into(ref, ours):
+    """transformers' model with each quantized layer's weight replaced by what our int8 layer computes with."""
+    with torch.no_grad():
+        for name, module in ours.named_modules():
+            if isinstance(module, Int8Linear):
+                target = ref.get_submodule(name)
+                if name == "lm_head" and ref.config.tie_word_embeddings:  # keep the embedding table as it is
+                    target.weight = torch.nn.Parameter(module.dequantized().float().clone())
+                else:
+                    target.weight.copy_(module.dequantized().float())
+    return ref
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_quantized_model_gives_the_dequantized_models_logits(tie, tmp_path):
+    ref = reference_model("dense", seed=3, tie=tie)
+    ref.save_pretrained(tmp_path)
+    ours = qwen3vl.load_model(tmp_path, dtype=torch.float32)
+    names = quantize_model(ours)
+    layers = ref.config.text_config.num_hidden_layers
+    assert len(names) == 7 * layers + 1 and "lm_head" in names
+    assert not any(isinstance(m, Int8Linear) for n, m in ours.named_modules() if n.startswith("model.visual"))
+    gen = torch.Generator().manual_seed(8)
+    inputs = batch([Inputs().text(5, gen).image(8, 8).text(7, gen), Inputs().text(9, gen)], gen)
+    with torch.no_grad():
+        before = ref(**inputs).logits
+        want = _dequantized_into(ref, ours)(**inputs).logits
+        got = ours(**ours_kwargs(inputs)).logits
+    keep = inputs["attention_mask"].bool()
+    assert (got[keep] - want[keep]).abs().max().item() <= 1e-4
+    # the quantization changed the logits (the check above would pass trivially otherwise), but not by much
+    change = (before[keep] - want[keep]).abs().max().item()
+    assert 1e-4 < change < 0.05 * before[keep].abs().max().item()
+    # the embedding table of a tied model is untouched
+    torch.testing.assert_close(ours.model.language_model.embed_tokens.weight,
+                               ref.model.language_model.embed_tokens.weight)
+
+
+def test_greedy_decoding_of_a_quantized_model_equals_the_reference(tmp_path):
+    ref = sharpen(reference_model("dense", seed=21), factor=2.0)
+    ref.save_pretrained(tmp_path)
+    ours = qwen3vl.load_model(tmp_path)
+    quantize_model(ours)
+    ref = _dequantized_into(ref, ours)
+    g = torch.Generator().manual_seed(4)
+    prompts = [Prompt(ours.config, g).text(6).image(8, 10).text(4), Prompt(ours.config, g).text(3).video(2, 4, 6)]
+    eng = Engine(ours, eos_token_ids=[], config=EngineConfig(block_size=8, num_blocks=64))
+    for i, p in enumerate(prompts):
+        eng.add_request(str(i), p.ids, SamplingParams(max_tokens=10, temperature=0), p.media, p.kinds)
+    eng.run_until_done()
+    for i, p in enumerate(prompts):
+        ids = torch.tensor([p.ids])
+        mm = torch.zeros_like(ids)
+        mm[ids == IMG] = 1
+        mm[ids == VID] = 2
+        with torch.no_grad():
+            out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
+                               max_new_tokens=10, do_sample=False, **p.forward_kwargs())
+        assert eng.requests[str(i)][0].output_ids == out[0, len(p.ids):].tolist()
+
+
+def test_the_demo_model_keeps_its_answers_in_bfloat16():
+    """The kernel path (bfloat16, one row per step on CPU) on the trained demo model: the bundled example's
+    questions get the unquantized model's answers."""
+    from qwen3vl.commands import DEMO_MODEL, EXAMPLE_IMAGE
+    from qwen3vl.llm import LLM
+
+    questions = ["What color is the circle?", "Read the text.", "What shape is the blue object?"]
+    answers = {}
+    for quant in (None, "int8"):
+        llm = LLM(DEMO_MODEL, dtype="bfloat16", device="cpu", kv_cache_gb=0.05, quantization=quant)
+        answers[quant] = [llm.chat([{"role": "user", "content": [{"type": "image", "image": str(EXAMPLE_IMAGE)},
+                                                                 {"type": "text", "text": q}]}],
+                                   max_tokens=8, temperature=0.0).text for q in questions]
+    assert isinstance(llm.model.lm_head, Int8Linear)
+    assert answers["int8"] == answers[None]
+    assert answers[None][0] == "red"
+
+
+def test_quantization_flag_and_refusals(tmp_path):
+    import argparse
+
+    from qwen3vl.commands import add_model_flags, build_llm
+    from qwen3vl.train.testing import write_tiny_base
+
+    base = write_tiny_base(tmp_path / "base", seed=2)
+    p = argparse.ArgumentParser()
+    add_model_flags(p)
+    llm = build_llm(p.parse_args(["--model", str(base), "--device", "cpu", "--kv-cache-gb", "0.01",
+                                  "--quantization", "int8"]))
+    assert isinstance(llm.model.model.language_model.layers[0].mlp.down_proj, Int8Linear)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--quantization", "int3"])
+    with pytest.raises(ValueError, match="unknown quantization 'int4'"):
+        quantize_model(qwen3vl.load_model(base), "int4")
+    moe = reference_model("moe", seed=2)
+    moe.save_pretrained(tmp_path / "moe")
+    model = qwen3vl.load_model(tmp_path / "moe")
+    names = quantize_model(model)  # attention and head only: stacked expert tensors stay as they are
+    assert not any(".mlp." in n for n in names) and "lm_head" in names
+
+
+def test_per_request_adapters_on_a_quantized_model(tmp_path):
+    """A LoRA adapter chosen per request on the int8 model gives what the same adapter gives on a float checkpoint
+    holding the dequantized weights (float32: same tokens, logprobs within 1e-4)."""
+    import shutil
+
+    import peft
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from qwen3vl.llm import LLM
+    from qwen3vl.train.testing import write_tiny_base
+
+    base = write_tiny_base(tmp_path / "base", seed=6)
+    torch.manual_seed(1)
+    hf = Qwen3VLForConditionalGeneration.from_pretrained(base)
+    adapted = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                      target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    adapted.save_pretrained(tmp_path / "adapter")
+
+    sampling = dict(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=0)
+    conv = [{"role": "user", "content": "Tell me about the sea."}]
+    quant = LLM(base, dtype="float32", device="cpu", kv_cache_gb=0.05, quantization="int8",
+                lora_modules={"a": tmp_path / "adapter"})
+    dequant = tmp_path / "dequantized"
+    _dequantized_into(Qwen3VLForConditionalGeneration.from_pretrained(base), quant.model).save_pretrained(dequant)
+    for f in base.iterdir():
+        if not (dequant / f.name).exists():
+            shutil.copy(f, dequant / f.name)
+    plain = LLM(dequant, dtype="float32", device="cpu", kv_cache_gb=0.05, lora_modules={"a": tmp_path / "adapter"})
+    results = {}
+    for name, llm in (("quant", quant), ("plain", plain)):
+        for adapter in (None, "a"):
+            out = llm.chat(conv, adapter=adapter, **sampling)
+            results[name, adapter] = (out.token_ids, [lp for lp, _ in out.logprobs])
+    for adapter in (None, "a"):
+        assert results["quant", adapter][0] == results["plain", adapter][0]
+        torch.testing.assert_close(torch.tensor(results["quant", adapter][1]),
+                                   torch.tensor(results["plain", adapter][1]), atol=1e-4, rtol=0)
+    assert results["quant", "a"][0] != results["quant", None][0]  # the adapter changes the answer
