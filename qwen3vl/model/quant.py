@@ -5,7 +5,7 @@ q = round(w / s) (symmetric, per channel; the error of each weight is at most s 
 model's dtype. Decoding reads the weights once per token, so halving their bytes (bf16 -> int8) is what speeds it
 up on a memory-bound machine:
 
-* on CPU, in bfloat16, for a few rows (decode steps of small batches) the layer calls PyTorch's int8 x bf16 matrix
+* on CPU, in bfloat16, for up to 16 rows (decode steps of small batches) the layer calls PyTorch's int8 x bf16 matrix
   kernel (`torch._weight_int8pack_mm`), which reads the int8 weight directly;
 * otherwise (prefill, large batches, float32, other devices) it converts the int8 weight to the activation dtype
   and runs an ordinary matmul: the same numbers, with the memory saving but no speed-up.
@@ -29,7 +29,7 @@ METHODS = ("int8",)
 # decoder projections and the LM head, by module name
 TARGETS = re.compile(r"^(model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
                      r"|lm_head)$")
-SMALL_M = 4  # rows up to which the int8 kernel beats converting the weight (CPU, bfloat16; BENCHMARKS.md)
+SMALL_M = 16  # rows up to which the int8 kernel beats converting the weight (CPU, bfloat16; BENCHMARKS.md)
 _CHUNK = 8192  # rows quantized at a time (bounds the float32 temporary)
 
 
