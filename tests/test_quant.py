@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import qwen3vl
 from qwen3vl.engine.engine import Engine, EngineConfig
 from qwen3vl.engine.sampling import SamplingParams
-from qwen3vl.model.quant import SMALL_M, Int8Linear, quantize_model, quantize_weight
+from qwen3vl.model.quant import SMALL_M, Int8Experts, Int8Linear, quantize_model, quantize_weight
 from engine_helpers import Prompt, sharpen
 from reference import IMG, VID, Inputs, batch, ours_kwargs, reference_model
 
@@ -34,14 +34,15 @@ def test_rounding_rule_and_error_bound():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("rows", [1, SMALL_M, SMALL_M + 1, 37])
-def test_int8_linear_equals_a_matmul_with_the_dequantized_weight(dtype, rows):
+@pytest.mark.parametrize("features", [96, 40])  # 40: not a multiple of 16, which the CPU kernel cannot take
+def test_int8_linear_equals_a_matmul_with_the_dequantized_weight(dtype, rows, features):
     g = torch.Generator().manual_seed(rows)
-    layer = torch.nn.Linear(96, 40, bias=True).to(dtype)
+    layer = torch.nn.Linear(features, 40, bias=True).to(dtype)
     with torch.no_grad():
-        layer.weight.copy_(torch.randn(40, 96, generator=g))
+        layer.weight.copy_(torch.randn(40, features, generator=g))
         layer.bias.copy_(torch.randn(40, generator=g))
     q = Int8Linear.from_linear(layer)
-    x = torch.randn(2, rows, 96, generator=g).to(dtype)[:1]  # (1, rows, 96): a batch dimension stays
+    x = torch.randn(2, rows, features, generator=g).to(dtype)[:1]  # (1, rows, in): a batch dimension stays
     want = F.linear(x.float(), q.dequantized().float(), layer.bias.float())
     got = q(x)
     assert got.shape == (1, rows, 40) and got.dtype == dtype
@@ -56,6 +57,9 @@ def _dequantized_into(ref, ours):
     """transformers' model with each quantized layer's weight replaced by what our int8 layer computes with."""
     with torch.no_grad():
         for name, module in ours.named_modules():
+            if isinstance(module, Int8Experts):  # transformers 5 keeps experts as (E, out, in)
+                for tensor in ("gate_up_proj", "down_proj"):
+                    getattr(ref.get_submodule(name), tensor).copy_(module.dequantized(tensor).float().transpose(1, 2))
             if isinstance(module, Int8Linear):
                 target = ref.get_submodule(name)
                 if name == "lm_head" and ref.config.tie_word_embeddings:  # keep the embedding table as it is
@@ -65,14 +69,15 @@ def _dequantized_into(ref, ours):
     return ref
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_quantized_model_gives_the_dequantized_models_logits(tie, tmp_path):
-    ref = reference_model("dense", seed=3, tie=tie)
+@pytest.mark.parametrize("kind,tie", [("dense", False), ("dense", True), ("moe", False)])
+def test_quantized_model_gives_the_dequantized_models_logits(kind, tie, tmp_path):
+    ref = reference_model(kind, seed=3, tie=tie)
     ref.save_pretrained(tmp_path)
     ours = qwen3vl.load_model(tmp_path, dtype=torch.float32)
     names = quantize_model(ours)
     layers = ref.config.text_config.num_hidden_layers
-    assert len(names) == 7 * layers + 1 and "lm_head" in names
+    per_layer = 7 if kind == "dense" else 5  # q/k/v/o + gate/up/down, or q/k/v/o + the experts
+    assert len(names) == per_layer * layers + 1 and "lm_head" in names
     assert not any(isinstance(m, Int8Linear) for n, m in ours.named_modules() if n.startswith("model.visual"))
     gen = torch.Generator().manual_seed(8)
     inputs = batch([Inputs().text(5, gen).image(8, 8).text(7, gen), Inputs().text(9, gen)], gen)
@@ -150,8 +155,8 @@ def test_quantization_flag_and_refusals(tmp_path):
     moe = reference_model("moe", seed=2)
     moe.save_pretrained(tmp_path / "moe")
     model = qwen3vl.load_model(tmp_path / "moe")
-    names = quantize_model(model)  # attention and head only: stacked expert tensors stay as they are
-    assert not any(".mlp." in n for n in names) and "lm_head" in names
+    names = quantize_model(model)
+    assert not any(n.endswith(".mlp.gate") for n in names)  # the router stays as it is
 
 
 def test_per_request_adapters_on_a_quantized_model(tmp_path):
@@ -196,3 +201,28 @@ def test_per_request_adapters_on_a_quantized_model(tmp_path):
         torch.testing.assert_close(torch.tensor(results["quant", adapter][1]),
                                    torch.tensor(results["plain", adapter][1]), atol=1e-4, rtol=0)
     assert results["quant", "a"][0] != results["quant", None][0]  # the adapter changes the answer
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 40])
+def test_int8_experts_equal_the_experts_with_dequantized_weights_in_bfloat16(tokens):
+    """The expert loop's int8 path (kernel for few rows per expert, converted weights for many) against our float
+    experts module holding the dequantized weights."""
+    from qwen3vl.model.text import Experts
+
+    g = torch.Generator().manual_seed(tokens)
+    experts = Experts(4, 64, 24)
+    with torch.no_grad():
+        experts.gate_up_proj.copy_(torch.randn(4, 64, 48, generator=g) * 0.2)
+        experts.down_proj.copy_(torch.randn(4, 24, 64, generator=g) * 0.2)
+    experts = experts.to(torch.bfloat16)
+    q = Int8Experts(experts)
+    with torch.no_grad():
+        for name in ("gate_up_proj", "down_proj"):
+            getattr(experts, name).copy_(q.dequantized(name))
+    x = torch.randn(tokens, 64, generator=g).to(torch.bfloat16)
+    idx = torch.randint(0, 4, (tokens, 2), generator=g)
+    w = torch.rand(tokens, 2, generator=g).to(torch.bfloat16)
+    want = experts.float()(x.float(), idx, w.float())
+    got = q(x, idx, w)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=2e-2 * want.abs().max().item(), rtol=0)

@@ -10,9 +10,9 @@ up on a memory-bound machine:
 * otherwise (prefill, large batches, float32, other devices) it converts the int8 weight to the activation dtype
   and runs an ordinary matmul: the same numbers, with the memory saving but no speed-up.
 
-What is quantized: the decoder's attention and dense MLP projections and the LM head. Not quantized: the vision
-encoder and merger (compute-bound, and small next to the decoder), embeddings (a tied head gets an int8 copy; the
-embedding table stays as it is), norms, the MoE router and MoE expert tensors (stacked parameters; not done yet).
+What is quantized: the decoder's attention and dense MLP projections, the MoE experts (each expert's projections,
+per output row), and the LM head. Not quantized: the vision encoder and merger (compute-bound, and small next to the
+decoder), embeddings (a tied head gets an int8 copy; the embedding table stays as it is), norms and the MoE router.
 The quantized model's logits are close to, not equal to, the original's (tests/test_quant.py and BENCHMARKS.md
 measure how close).
 """
@@ -30,6 +30,7 @@ METHODS = ("int8",)
 TARGETS = re.compile(r"^(model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
                      r"|lm_head)$")
 SMALL_M = 16  # rows up to which the int8 kernel beats converting the weight (CPU, bfloat16; BENCHMARKS.md)
+EXPERTS = re.compile(r"^model\.language_model\.layers\.\d+\.mlp\.experts$")
 _CHUNK = 8192  # rows quantized at a time (bounds the float32 temporary)
 
 
@@ -58,17 +59,62 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if x2.device.type == "cpu" and x2.dtype == torch.bfloat16 == self.scales.dtype and x2.shape[0] <= SMALL_M:
-            y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
-        else:
-            y = F.linear(x2, self.qweight.to(x2.dtype)) * self.scales.to(x2.dtype)
+        y = int8_matmul(x.reshape(-1, shape[-1]), self.qweight, self.scales)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-row scales"
+
+
+class Int8Experts(nn.Module):
+    """MoE experts (`text.Experts`) with int8 weights: each expert's projections stored (out, in) with a scale per
+    output row, as `Int8Linear` stores one layer."""
+
+    def __init__(self, experts: nn.Module):
+        super().__init__()
+        dtype = experts.gate_up_proj.dtype
+        # published layout: gate_up (E, D, 2I), down (E, I, D), used as x @ W; stored here transposed, (E, out, in)
+        for name in ("gate_up_proj", "down_proj"):
+            w = getattr(experts, name).detach()
+            q, s = quantize_weight(w.transpose(1, 2).reshape(-1, w.shape[1]))
+            self.register_buffer(f"{name}_q", q.view(w.shape[0], w.shape[2], w.shape[1]))
+            self.register_buffer(f"{name}_scales", s.to(dtype).view(w.shape[0], w.shape[2]))
+
+    def dequantized(self, name: str) -> torch.Tensor:
+        """An expert tensor in the published layout, as this module computes with it."""
+        q, s = getattr(self, f"{name}_q"), getattr(self, f"{name}_scales")
+        return (q.to(s.dtype) * s[..., None]).transpose(1, 2)
+
+    def forward(self, x_TD: torch.Tensor, idx_Tk: torch.Tensor, w_Tk: torch.Tensor) -> torch.Tensor:
+        t, k = idx_Tk.shape
+        flat = idx_Tk.reshape(-1)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=self.gate_up_proj_q.shape[0]).tolist()
+        token_of = order // k
+        out = torch.zeros_like(x_TD)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            sel = order[start:start + n]
+            rows = token_of[start:start + n]
+            start += n
+            gate, up = int8_matmul(x_TD[rows], self.gate_up_proj_q[e], self.gate_up_proj_scales[e]).chunk(2, dim=-1)
+            y = int8_matmul(F.silu(gate) * up, self.down_proj_q[e], self.down_proj_scales[e])
+            out.index_add_(0, rows, y * w_Tk.reshape(-1)[sel, None])
+        return out
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (M, in) @ (q * scales)^T for an int8 weight q (out, in): the int8 kernel for a few bfloat16 rows on CPU,
+    else the weight converted to x's dtype. The kernel (torch 2.13) reads `in` in blocks of 16: with any other
+    `in` it returned garbage or crashed in our probes, so those layers always take the converted path."""
+    if (x.device.type == "cpu" and x.dtype == torch.bfloat16 == scales.dtype and x.shape[0] <= SMALL_M
+            and q.shape[1] % 16 == 0):
+        return torch._weight_int8pack_mm(x.contiguous(), q, scales)
+    return F.linear(x, q.to(x.dtype)) * scales.to(x.dtype)
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,14 +136,21 @@ def quantize_model(model: nn.Module, method: str = "int8") -> list[str]:
         raise ValueError(f"unknown quantization {method!r}; choose one of {', '.join(METHODS)}")
     done = []
     for name, module in list(model.named_modules()):
+        if EXPERTS.match(name) and type(module).__name__ == "Experts":
+            _replace(model, name, Int8Experts(module))
+            done.append(name)
+            continue
         if not TARGETS.match(name) or isinstance(module, Int8Linear):
             continue
         if type(module) is not nn.Linear:
             raise ValueError(f"cannot quantize {name}: a {type(module).__name__}, not a plain linear layer")
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, Int8Linear.from_linear(module))
+        _replace(model, name, Int8Linear.from_linear(module))
         done.append(name)
     if not done:
         raise ValueError("nothing to quantize: the model has no decoder projections or LM head by the usual names")
     return done
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
