@@ -56,6 +56,29 @@ def test_multi_turn_scene_questions_agree_with_the_truth():
     assert extra > 60
 
 
+def test_shuffled_turns_keep_the_same_questions_with_the_media_first():
+    cfg = tiny_synthetic_config()
+    plain = MultiTurnSource(seed=4, tasks=TASKS, config=cfg, extra_turns=6)
+    shuffled = MultiTurnSource(seed=4, tasks=TASKS, config=cfg, extra_turns=6, shuffle_turns=True)
+    examples = iter_examples(4, TASKS, cfg)
+    moved = 0
+    for i in range(40):
+        ex, a, b = next(examples), plain[i].messages, shuffled[i].messages
+
+        def qa(messages):  # (question text, answer) per turn
+            return [(u["content"] if isinstance(u["content"], str) else u["content"][-1]["text"], r["content"])
+                    for u, r in zip(messages[::2], messages[1::2])]
+
+        assert sorted(qa(a)) == sorted(qa(b))  # the same turns, in another order
+        assert b[0]["content"][:-1] == ex.messages[0]["content"][:-1]  # the media, in the first turn only
+        assert all(isinstance(m["content"], str) for m in b[1:])
+        own = ex.messages[0]["content"][-1]["text"]
+        k = [q for q, _ in qa(b)].index(own)
+        assert qa(b)[k][1] == ex.answer
+        moved += k > 0
+    assert 20 < moved < 40  # mostly moved: the own question is one of up to 7 turns
+
+
 def _tiny_demo(out, steps: int = 2) -> DemoConfig:
     return DemoConfig(out=str(out), steps=steps, batch_size=2, warmup_steps=1, eval_every=0, eval_examples=2,
                       save_every=1, num_workers=0, extra_turns=1, hidden_size=32, intermediate_size=64, num_layers=2,

@@ -2,9 +2,12 @@
 
 A synthetic example's answer is one to a few tokens, while its image costs 256 patches in the ViT. Training on one
 question per image therefore spends most of its compute on vision passes that each teach one token. `MultiTurnSource`
-keeps each example's own question as the first turn, in exactly the format the scorer asks, and adds up to
-`extra_turns` further user/assistant turns about the same scene (the image is shown once), none with the first turn's
-answer (which would only repeat it). Their answers are read off the example's truth:
+keeps each example's own question, in exactly the format the scorer asks, and adds up to `extra_turns` further
+user/assistant turns about the same scene (the image is shown once), none with the own question's answer (which would
+only repeat it). The own question is the first turn, or, with `shuffle_turns`, at a random place among the turns: with
+it always first, only OCR scenes hold text, so the model learned that a picture with text means the first question is
+OCR, and answered "How many squares are there?" about a picture with a word in it with OCR-like garbage (the same
+question asked after an OCR turn got "1"). Their answers are read off the example's truth:
 
 * still images: the colour of each shape that occurs once, the shape of each colour that occurs once, counts by shape
   and by colour (of kinds present), and grounding of each colour+shape label that occurs once;
@@ -13,7 +16,7 @@ answer (which would only repeat it). Their answers are read off the example's tr
 
 Questions use the generator's own phrasings (`synthetic.QUESTIONS`) and answer formats (`format_grounding`,
 `format_seconds`). Example i depends only on (seed, i), so the stream stays resumable. The extra turns come from
-their own generator, so the first turn is exactly `synthetic.iter_examples(seed, tasks)`'s example i.
+their own generator, so the own question and answer are exactly `synthetic.iter_examples(seed, tasks)`'s example i.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ class MultiTurnSource:
     num_examples = None
 
     def __init__(self, seed: int, tasks: Sequence[str] = TASKS, config: SyntheticConfig | None = None,
-                 extra_turns: int = 4):
+                 extra_turns: int = 4, shuffle_turns: bool = False):
         self.seed, self.tasks, self.extra_turns = seed, tuple(tasks), extra_turns
+        self.shuffle_turns = shuffle_turns
         self.config = config or SyntheticConfig()
 
     def __getitem__(self, index: int) -> Conversation:
@@ -77,7 +81,19 @@ class MultiTurnSource:
         # drop the example's own question in other phrasings (and the rare other question with the same answer)
         pool = [qa for qa in scene_questions(task, ex.truth, self.config.image_size, rng) if qa[1] != ex.answer]
         picked = [pool[int(i)] for i in rng.permutation(len(pool))[:self.extra_turns]]
-        messages = list(ex.messages)
-        for question, answer in picked:
-            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        first_user, first_answer = ex.messages
+        turns = [(None, first_answer["content"])] + picked  # None: the example's own question, asked with the media
+        if self.shuffle_turns:  # the own question goes to a random place (the media stay in the first turn)
+            k = int(np.random.default_rng([self.seed, index, 2]).integers(len(turns)))
+            turns.insert(k, turns.pop(0))
+        messages: list[dict] = []
+        for question, answer in turns:
+            if not messages:  # the first turn shows the media, with whichever question comes first
+                text = first_user["content"][-1]["text"] if question is None else question
+                messages.append({"role": "user", "content": first_user["content"][:-1] + [{"type": "text",
+                                                                                             "text": text}]})
+            else:
+                own = first_user["content"][-1]["text"]
+                messages.append({"role": "user", "content": own if question is None else question})
+            messages.append({"role": "assistant", "content": answer})
         return Conversation(messages)
