@@ -235,6 +235,13 @@ def test_removing_an_adapter_that_a_running_request_uses(folders):
     _same(_run(llm, [(conv, "b")])[0], _run(_merged(folders, "b"), [(conv, None)])[0])
     with pytest.raises(AdapterError, match="no adapter named 'a' is loaded"):
         llm.remove_lora("a")
+    # removed while running, then aborted: freed at the abort
+    rid, seqs, _ = llm.submit(conv, adapter="b", **SAMPLING)
+    llm.engine.step()
+    llm.remove_lora("b")
+    assert llm.engine.adapters.retiring and any(m._forward_hooks for m in llm.model.modules())
+    llm.engine.abort(rid)
+    assert not llm.engine.adapters.retiring and not any(m._forward_hooks for m in llm.model.modules())
 
 
 def test_the_server_loads_and_unloads_adapters_at_run_time(folders):
@@ -246,6 +253,10 @@ def test_the_server_loads_and_unloads_adapters_at_run_time(folders):
         r = httpx.post(server.url + "/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": str(folders["a"])})
         assert r.status_code == 404 and "--allow-runtime-lora" in r.json()["error"]["message"]
     assert off.loras == []
+    adapters, off.engine.adapters = off.engine.adapters, None  # as under tensor parallelism
+    with pytest.raises(ValueError, match="not supported with tensor parallelism"):
+        create_app(off, ServeSettings(["tiny"], allow_runtime_lora=True))
+    off.engine.adapters = adapters
     with ServerThread(create_app(llm, ServeSettings(["tiny"], allow_runtime_lora=True))) as server:
         client = openai.OpenAI(api_key="unused", base_url=server.url + "/v1", max_retries=0, timeout=60)
         load, unload = server.url + "/v1/load_lora_adapter", server.url + "/v1/unload_lora_adapter"

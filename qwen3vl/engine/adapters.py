@@ -84,9 +84,10 @@ class AdapterSet:
                                    f"the layer is {module.out_features}x{module.in_features}")
             if pair.bias is not None:
                 raise AdapterError(f"adapter {src} has a LoRA bias on {where} (lora_bias), which is not supported")
-            w = module.scales if isinstance(module, Int8Linear) else module.weight  # the layer's dtype and device
-            staged[where] = (pair.A.to(device=w.device, dtype=w.dtype),
-                             (pair.B.float() * pair.scale).to(device=w.device, dtype=w.dtype))
+            w = module.qweight if isinstance(module, Int8Linear) else module.weight
+            dtype = module.dtype if isinstance(module, Int8Linear) else w.dtype
+            staged[where] = (pair.A.to(device=w.device, dtype=dtype),
+                             (pair.B.float() * pair.scale).to(device=w.device, dtype=dtype))
         aid = self._next_id
         self._next_id += 1
         for where, w in staged.items():  # weights and hooks first, the name last: a request can only find it whole

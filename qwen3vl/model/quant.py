@@ -1,9 +1,9 @@
 """Weight-only int8 quantization of the language model (`LLM(quantization="int8")`, `--quantization int8`).
 
-Each quantized linear layer keeps its weight as int8 with one scale per output row: w ~ q * s, s = max|w_row| / 127,
-q = round(w / s) (symmetric, per channel; the error of each weight is at most s / 2). Activations stay in the
-model's dtype. Decoding reads the weights once per token, so halving their bytes (bf16 -> int8) is what speeds it
-up on a memory-bound machine:
+Each quantized linear layer keeps its weight as int8 with one scale per output row: w ~ q * s, where s is
+max|w_row| / 127 rounded up to the model's dtype and q = round(w / s) (symmetric, per channel; each weight is off by
+at most s / 2). Activations stay in the model's dtype. Decoding reads the weights once per token, so halving their
+bytes (bf16 -> int8) is what speeds it up on a memory-bound machine:
 
 * on CPU, in bfloat16, for up to 16 rows (decode steps of small batches) the layer calls PyTorch's int8 x bf16 matrix
   kernel (`torch._weight_int8pack_mm`), which reads the int8 weight directly;
@@ -37,9 +37,11 @@ _CHUNK = 8192  # rows quantized at a time (bounds the float32 temporary)
 class Int8Linear(nn.Module):
     """A linear layer whose weight is int8 (out, in) with a scale per output row (`quantize_weight`)."""
 
-    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
+        self.compute_dtype = dtype or scales.dtype  # the float layer's dtype (scales may be wider: scale_dtype_for)
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
@@ -47,14 +49,14 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, layer: nn.Linear) -> Int8Linear:
         q, s = quantize_weight(layer.weight.detach())
-        return cls(q, s.to(layer.weight.dtype), None if layer.bias is None else layer.bias.detach())
+        return cls(q, s, None if layer.bias is None else layer.bias.detach(), layer.weight.dtype)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.scales.dtype
+        return self.compute_dtype
 
     def dequantized(self) -> torch.Tensor:
-        """The weight this layer computes with, (out, in) in the scales' dtype."""
+        """The weight this layer computes with, (out, in), in the scales' dtype (before any cast to the input's)."""
         return self.qweight.to(self.scales.dtype) * self.scales[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,13 +76,12 @@ class Int8Experts(nn.Module):
 
     def __init__(self, experts: nn.Module):
         super().__init__()
-        dtype = experts.gate_up_proj.dtype
         # published layout: gate_up (E, D, 2I), down (E, I, D), used as x @ W; stored here transposed, (E, out, in)
         for name in ("gate_up_proj", "down_proj"):
             w = getattr(experts, name).detach()
             q, s = quantize_weight(w.transpose(1, 2).reshape(-1, w.shape[1]))
             self.register_buffer(f"{name}_q", q.view(w.shape[0], w.shape[2], w.shape[1]))
-            self.register_buffer(f"{name}_scales", s.to(dtype).view(w.shape[0], w.shape[2]))
+            self.register_buffer(f"{name}_scales", s.view(w.shape[0], w.shape[2]))
 
     def dequantized(self, name: str) -> torch.Tensor:
         """An expert tensor in the published layout, as this module computes with it."""
@@ -113,18 +114,33 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch
     `in` it returned garbage or crashed in our probes, so those layers always take the converted path."""
     if (x.device.type == "cpu" and x.dtype == torch.bfloat16 == scales.dtype and x.shape[0] <= SMALL_M
             and q.shape[1] % 16 == 0):
-        return torch._weight_int8pack_mm(x.contiguous(), q, scales)
-    return F.linear(x, q.to(x.dtype)) * scales.to(x.dtype)
+        return torch._weight_int8pack_mm(x.contiguous(), q.contiguous(), scales.contiguous())
+    # scaled before the matmul: the unscaled sums are ~127 / max|w_row| times the output and overflow float16
+    if scales.dtype == x.dtype:
+        return F.linear(x, q.to(x.dtype).mul_(scales[:, None]))
+    return F.linear(x, (q.to(scales.dtype) * scales[:, None]).to(x.dtype))
 
 
-def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float weight -> (int8 (out, in), float32 scales (out,)), symmetric per output row."""
+def scale_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """Scales are kept in the model's dtype (the CPU kernel wants bfloat16 scales for bfloat16), except for float16,
+    whose narrow exponent would make the scales of rows of small weights subnormal and coarse: float32 there."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def quantize_weight(w: torch.Tensor, scale_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> (int8 (out, in), scales (out,) in `scale_dtype`, default w's dtype), symmetric per
+    output row. Each scale is rounded up to `scale_dtype` (default `scale_dtype_for(w.dtype)`) before q is computed,
+    so q * s is within s / 2 of w with the scale the layer computes with."""
+    scale_dtype = scale_dtype or scale_dtype_for(w.dtype)
     q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
-    scales = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+    scales = torch.empty(w.shape[0], dtype=scale_dtype, device=w.device)
+    tiny = torch.finfo(scale_dtype).tiny
     for start in range(0, w.shape[0], _CHUNK):
         rows = w[start:start + _CHUNK].float()
-        s = (rows.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-        q[start:start + _CHUNK] = torch.round(rows / s[:, None]).clamp_(-127, 127).to(torch.int8)
+        exact = (rows.abs().amax(dim=1) / 127.0).clamp_min(tiny)
+        s = exact.to(scale_dtype)
+        s = torch.where(s.float() < exact, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
+        q[start:start + _CHUNK] = torch.round(rows / s.float()[:, None]).clamp_(-127, 127).to(torch.int8)
         scales[start:start + _CHUNK] = s
     return q, scales
 
@@ -135,16 +151,20 @@ def quantize_model(model: nn.Module, method: str = "int8") -> list[str]:
     if method not in METHODS:
         raise ValueError(f"unknown quantization {method!r}; choose one of {', '.join(METHODS)}")
     done = []
-    for name, module in list(model.named_modules()):
+    # names first, each module fetched in turn: a list of the modules would keep every float layer alive to the end
+    for name in [n for n, _ in model.named_modules() if EXPERTS.match(n) or TARGETS.match(n)]:
+        module = model.get_submodule(name)
         if EXPERTS.match(name) and type(module).__name__ == "Experts":
-            _replace(model, name, Int8Experts(module))
-            done.append(name)
+            new: nn.Module = Int8Experts(module)
+        elif TARGETS.match(name) and type(module) is nn.Linear:
+            new = Int8Linear.from_linear(module)
+        elif isinstance(module, (Int8Linear, Int8Experts)):
             continue
-        if not TARGETS.match(name) or isinstance(module, Int8Linear):
-            continue
-        if type(module) is not nn.Linear:
+        else:
             raise ValueError(f"cannot quantize {name}: a {type(module).__name__}, not a plain linear layer")
-        _replace(model, name, Int8Linear.from_linear(module))
+        del module
+        _replace(model, name, new)
+        del new
         done.append(name)
     if not done:
         raise ValueError("nothing to quantize: the model has no decoder projections or LM head by the usual names")

@@ -16,6 +16,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +74,14 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
     engine_loop = EngineLoop(llm, metrics, max_queue=settings.max_queue, request_timeout=settings.request_timeout,
                              preprocess_workers=settings.preprocess_workers)
     names = settings.served_model_names
+    if settings.allow_runtime_lora and llm.engine.adapters is None:
+        raise ValueError("loading LoRA adapters at run time is not supported with tensor parallelism")
     if set(names) & set(llm.loras):
         raise ValueError(f"LoRA adapter names {sorted(set(names) & set(llm.loras))} are also served model names")
     max_body = int(settings.max_request_mb * 2**20)
+
+    # adapter files are read (or downloaded) on a thread of their own, never holding up requests' preprocessing
+    adapter_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen3vl-adapters")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -84,6 +90,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
             yield
         finally:
             engine_loop.stop()
+            adapter_reader.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="qwen3vl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine_loop = engine_loop
@@ -190,7 +197,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         if name in names or name in llm.loras:
             raise bad_request(f"the name {name!r} is already served; unload it first or pick another", "lora_name")
         try:  # reading the files (or downloading them) happens off the engine thread; adding the hooks on it
-            adapter = await asyncio.get_running_loop().run_in_executor(engine_loop.pool, read_adapter, req.lora_path)
+            adapter = await asyncio.get_running_loop().run_in_executor(adapter_reader, read_adapter, req.lora_path)
             await engine_loop.on_engine(lambda: llm.add_lora(name, adapter))
         except (AdapterError, OSError) as e:
             raise bad_request(f"LoRA adapter {name!r}: {e}", "lora_path") from None
@@ -204,6 +211,8 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
             await engine_loop.on_engine(lambda: llm.remove_lora(req.lora_name))
         except UnknownAdapterError as e:
             raise APIError(404, str(e), "lora_name", "model_not_found") from None
+        except AdapterError as e:
+            raise bad_request(str(e), "lora_name") from None
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
 
     return app

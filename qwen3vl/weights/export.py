@@ -14,6 +14,12 @@ from safetensors.torch import save_file
 
 
 def state_for_export(model, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    from qwen3vl.model.quant import Int8Experts, Int8Linear
+
+    quantized = [n for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int8Experts))]
+    if quantized:  # their int8 buffers have no place in the official layout; leaving them out would lose layers
+        raise ValueError(f"cannot export a model quantized in memory ({quantized[0]} and {len(quantized) - 1} more "
+                         "layers are int8): export the unquantized model and quantize at load (--quantization)")
     state: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters(remove_duplicate=True):
         if model.config.tie_word_embeddings and name == "lm_head.weight":
@@ -28,10 +34,10 @@ def state_for_export(model, dtype: torch.dtype | None = None) -> dict[str, torch
 def save_checkpoint(model, folder: str | Path, dtype: torch.dtype | None = None,
                     max_shard_bytes: int = 5 * 1024**3) -> Path:
     """Write `model` to `folder` in the official layout; returns the folder."""
+    state = state_for_export(model, dtype)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    state = state_for_export(model, dtype)
     if dtype is not None:
         cfg.dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     cfg.save(out)
