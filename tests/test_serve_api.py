@@ -310,3 +310,38 @@ def test_raw_http_shape(server):
         lines = [ln for ln in resp.iter_lines() if ln]
     assert all(ln.startswith("data: ") for ln in lines) and lines[-1] == "data: [DONE]"
     assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_tokenize_and_detokenize(server, client, reference):
+    url = server.url
+    text = "Once upon a time"
+    r = httpx.post(url + "/tokenize", json={"prompt": text, "return_token_strs": True}).json()
+    assert r["tokens"] == reference.tokenizer.encode(text) and r["count"] == len(r["tokens"])
+    assert "".join(r["token_strs"]) == text and r["max_model_len"] == reference.engine.max_model_len
+    assert httpx.post(url + "/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": text}
+    # a chat counts as a chat completion runs it: the usage of the same request agrees
+    messages = image_message("What is in this picture?", png_data_uri(2))
+    tools = [{"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}]
+    for extra in ({}, {"tools": tools}, {"tools": tools, "tool_choice": "required"},
+                  {"response_format": {"type": "json_object"}}, {"min_pixels": 4 * 65536, "max_pixels": 4 * 65536}):
+        counted = httpx.post(url + "/tokenize", json={"messages": messages, **extra}).json()
+        used = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=2,
+                                              extra_body={k: v for k, v in extra.items()
+                                                          if k not in ("tools", "tool_choice", "response_format")},
+                                              **{k: v for k, v in extra.items()
+                                                 if k in ("tools", "tool_choice", "response_format")})
+        assert counted["count"] == used.usage.prompt_tokens, extra
+    image_pad = reference.tokenizer.special.image
+    plain = httpx.post(url + "/tokenize", json={"messages": messages}).json()
+    large = httpx.post(url + "/tokenize", json={"messages": messages, "min_pixels": 4 * 65536,
+                                                "max_pixels": 4 * 65536}).json()
+    assert large["tokens"].count(image_pad) > plain["tokens"].count(image_pad) > 0
+    # errors name what is wrong
+    for route, body, message in (
+            ("/tokenize", {"messages": messages, "add_generation_prompt": False}, "add_generation_prompt"),
+            ("/tokenize", {"messages": image_message("Hi", "data:image/png;base64,AAAA")}, "image"),
+            ("/tokenize", {"prompt": 5}, "prompt"),
+            ("/detokenize", {"tokens": [1, 10**9]}, "is not a token id"),
+            ("/detokenize", {"tokens": [-1]}, "tokens")):
+        resp = httpx.post(url + route, json=body)
+        assert resp.status_code == 400 and message in resp.json()["error"]["message"], (body, resp.text)

@@ -2,8 +2,9 @@
 unchanged.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both streamed as server-sent events or not),
-`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), and, with `allow_runtime_lora`, vLLM's
-`POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter`. All generation goes through one `EngineLoop`.
+`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), vLLM's `POST /tokenize` / `POST /detokenize`,
+and, with `allow_runtime_lora`, vLLM's `POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter`. All
+generation goes through one `EngineLoop`.
 
 Request bodies are read (size-limited; NaN/Infinity rejected) and validated with the pydantic models in
 `schemas.py`, so every bad input is an OpenAI-shaped 4xx naming the field; `transport.py` holds the HTTP plumbing
@@ -37,7 +38,8 @@ from qwen3vl.serve.loop import EngineLoop, RequestHandle
 from qwen3vl.serve.media import MediaPolicy
 from qwen3vl.serve.metrics import Metrics
 from qwen3vl.serve.prompts import chat_job, completion_job, sampling_params
-from qwen3vl.serve.schemas import ChatCompletionRequest, CompletionRequest, LoadLoRARequest, UnloadLoRARequest, parse
+from qwen3vl.serve.schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, LoadLoRARequest,
+                                   TokenizeText, UnloadLoRARequest, parse)
 from qwen3vl.serve.transport import EventStream, Guard, read_json, stream_events, wait_finished
 from qwen3vl.weights.adapters import AdapterError, read_adapter
 
@@ -182,6 +184,41 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         env = envelope("cmpl", adapter)
         events = (lambda h: _completion_events(env, h, req.include_usage)) if req.stream else None
         return await run(request, env, completion_job(llm, req, params), arrival, events, R.completion)
+
+    # ------------------------------------------------------------------ tokens (vLLM's /tokenize, /detokenize)
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        """A text prompt's tokens, or a chat's prompt exactly as /v1/chat/completions would run it (template, tools,
+        tool_choice prefill, response_format notes, image and video pads at the server's media budget)."""
+        body = await read_json(request, max_body)
+        if isinstance(body, dict) and "messages" in body:
+            if body.get("add_generation_prompt", True) is not True:
+                raise bad_request("add_generation_prompt: only true is supported (the chat is counted as a chat "
+                                  "completion would run it)", "add_generation_prompt")
+            req = parse(ChatCompletionRequest, {**body, "stream": False})
+            params = sampling_params(llm, req.sampling(), settings.sampling_defaults)
+            try:
+                build = chat_job(llm, req, body.get("tools") if req.tools else None, params, policy,
+                                 check_length=False)
+                job = await asyncio.get_running_loop().run_in_executor(engine_loop.pool, build)
+            except (MessageFormatError, MediaError, ValueError) as e:
+                raise bad_request(str(e), "messages") from None
+            ids, strs = job.prompts[0].prompt_ids, False
+        else:
+            req = parse(TokenizeText, body)
+            ids, strs = llm.tokenizer.encode(req.prompt), req.return_token_strs
+        out = {"count": len(ids), "max_model_len": llm.engine.max_model_len, "tokens": ids,
+               "token_strs": [llm.tokenizer.decode([t]) for t in ids] if strs else None}
+        return out
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        req = parse(DetokenizeRequest, await read_json(request, max_body))
+        vocab = llm.model.config.text_config.vocab_size
+        bad = next((t for t in req.tokens if t >= vocab), None)
+        if bad is not None:
+            raise bad_request(f"tokens: {bad} is not a token id (0..{vocab - 1})", "tokens")
+        return {"prompt": llm.tokenizer.decode(req.tokens)}
 
     # ------------------------------------------------------------------ LoRA adapters at run time (vLLM's API)
     def runtime_lora() -> None:

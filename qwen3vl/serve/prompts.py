@@ -105,7 +105,9 @@ def add_system_note(messages: list[dict[str, Any]], note: str) -> list[dict[str,
 
 
 def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any]] | None, params: SamplingParams,
-             policy: MediaPolicy) -> Callable[[], Job]:
+             policy: MediaPolicy, check_length: bool = True) -> Callable[[], Job]:
+    """The chat's prompt as the engine will run it; `check_length=False` (for /tokenize) lets a prompt longer than
+    the context through."""
     messages = normalize_messages(req.messages)
     messages = apply_request_options(messages, req.media_options())
     check_media(messages, policy)
@@ -154,7 +156,8 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
         ids = list(prepared.input_ids)
         if prefix:
             ids += llm.tokenizer.encode(prefix)
-        _check_length(llm, len(ids))
+        if check_length:
+            _check_length(llm, len(ids))
         media, kinds = media_items(prepared)
         return Job([EnginePrompt(ids, media, kinds)], params,
                    lambda seq, i: ChatChoice(llm, seq, i, spec, stream), stream)

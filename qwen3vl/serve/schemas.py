@@ -180,6 +180,18 @@ class CompletionRequest(_Sampling):
         return list(p)  # type: ignore[arg-type]
 
 
+class TokenizeText(_Strict):
+    """`POST /tokenize` with a text prompt (vLLM's route)."""
+    prompt: Annotated[str, Field(max_length=10_000_000)]
+    add_special_tokens: bool = True  # accepted for vLLM's clients: Qwen's tokenizer adds none either way
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    """`POST /detokenize` (vLLM's route)."""
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
 class LoadLoRARequest(_Strict):
     """`POST /v1/load_lora_adapter` (vLLM's runtime LoRA loading)."""
     lora_name: Annotated[str, Field(min_length=1, max_length=256)]
