@@ -71,6 +71,18 @@ def naive_greedy(model, prompt: Prompt, steps: int) -> list[int]:
     return out
 
 
+@torch.no_grad()
+def reference_greedy(ref, prompt: Prompt, steps: int, image_id: int, video_id: int) -> list[int]:
+    """transformers' `generate` (greedy) on a hand-built prompt: the new token ids."""
+    ids = torch.tensor([prompt.ids])
+    mm = torch.zeros_like(ids)
+    mm[ids == image_id] = 1
+    mm[ids == video_id] = 2
+    out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
+                       max_new_tokens=steps, do_sample=False, **prompt.forward_kwargs())
+    return out[0, len(prompt.ids):].tolist()
+
+
 def sharpen(model, factor: float = 4.0):
     """Scale weight matrices so a random model's greedy choices are decisive (no near-ties), and zero the LM-head
     rows of ids >= 256 so it never generates a special token (a generated image pad would make the naive loop's

@@ -14,7 +14,7 @@ import qwen3vl
 from qwen3vl.engine.engine import Engine, EngineConfig
 from qwen3vl.engine.sampling import SamplingParams
 from qwen3vl.model.quant import SMALL_M, Int8Experts, Int8Linear, quantize_model, quantize_weight
-from engine_helpers import Prompt, sharpen
+from engine_helpers import Prompt, reference_greedy, sharpen
 from reference import IMG, VID, Inputs, batch, ours_kwargs, reference_model
 
 
@@ -115,14 +115,7 @@ def test_greedy_decoding_of_a_quantized_model_equals_the_reference(tmp_path):
         eng.add_request(str(i), p.ids, SamplingParams(max_tokens=10, temperature=0), p.media, p.kinds)
     eng.run_until_done()
     for i, p in enumerate(prompts):
-        ids = torch.tensor([p.ids])
-        mm = torch.zeros_like(ids)
-        mm[ids == IMG] = 1
-        mm[ids == VID] = 2
-        with torch.no_grad():
-            out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
-                               max_new_tokens=10, do_sample=False, **p.forward_kwargs())
-        assert eng.requests[str(i)][0].output_ids == out[0, len(p.ids):].tolist()
+        assert eng.requests[str(i)][0].output_ids == reference_greedy(ref, p, 10, IMG, VID)
 
 
 def test_the_demo_model_keeps_its_answers_in_bfloat16():

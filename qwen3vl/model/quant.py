@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qwen3vl.model.text import mix_experts
+
 METHODS = ("int8",)
 # decoder projections and the LM head, by module name
 TARGETS = re.compile(r"^(model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -89,23 +91,11 @@ class Int8Experts(nn.Module):
         return (q.to(s.dtype) * s[..., None]).transpose(1, 2)
 
     def forward(self, x_TD: torch.Tensor, idx_Tk: torch.Tensor, w_Tk: torch.Tensor) -> torch.Tensor:
-        t, k = idx_Tk.shape
-        flat = idx_Tk.reshape(-1)
-        order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.gate_up_proj_q.shape[0]).tolist()
-        token_of = order // k
-        out = torch.zeros_like(x_TD)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            sel = order[start:start + n]
-            rows = token_of[start:start + n]
-            start += n
-            gate, up = int8_matmul(x_TD[rows], self.gate_up_proj_q[e], self.gate_up_proj_scales[e]).chunk(2, dim=-1)
-            y = int8_matmul(F.silu(gate) * up, self.down_proj_q[e], self.down_proj_scales[e])
-            out.index_add_(0, rows, y * w_Tk.reshape(-1)[sel, None])
-        return out
+        return mix_experts(x_TD, idx_Tk, w_Tk, self.gate_up_proj_q.shape[0], self.expert)
+
+    def expert(self, e: int, x_nD: torch.Tensor) -> torch.Tensor:
+        gate, up = int8_matmul(x_nD, self.gate_up_proj_q[e], self.gate_up_proj_scales[e]).chunk(2, dim=-1)
+        return int8_matmul(F.silu(gate) * up, self.down_proj_q[e], self.down_proj_scales[e])
 
 
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

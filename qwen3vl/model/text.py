@@ -15,6 +15,7 @@ applied as `x @ W`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -119,23 +120,32 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(num_experts, inner, hidden))  # (E, I, D)
 
     def forward(self, x_TD: torch.Tensor, idx_Tk: torch.Tensor, w_Tk: torch.Tensor) -> torch.Tensor:
-        t, k = idx_Tk.shape
-        flat = idx_Tk.reshape(-1)
-        order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
-        token_of = order // k  # token row for each sorted (token, slot)
-        out = torch.zeros_like(x_TD)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            sel = order[start:start + n]
-            rows = token_of[start:start + n]
-            start += n
-            gate, up = (x_TD[rows] @ self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = (F.silu(gate) * up) @ self.down_proj[e]  # (n, D)
-            out.index_add_(0, rows, y * w_Tk.reshape(-1)[sel, None])
-        return out
+        return mix_experts(x_TD, idx_Tk, w_Tk, self.gate_up_proj.shape[0], self.expert)
+
+    def expert(self, e: int, x_nD: torch.Tensor) -> torch.Tensor:
+        gate, up = (x_nD @ self.gate_up_proj[e]).chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ self.down_proj[e]  # (n, D)
+
+
+def mix_experts(x_TD: torch.Tensor, idx_Tk: torch.Tensor, w_Tk: torch.Tensor, num_experts: int,
+                expert: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Each token's output: the sum over its k routed experts e of weight * expert(e, its rows), one call per expert
+    that has tokens."""
+    k = idx_Tk.shape[1]
+    flat = idx_Tk.reshape(-1)
+    order = flat.argsort(stable=True)
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
+    token_of = order // k  # token row for each sorted (token, slot)
+    out = torch.zeros_like(x_TD)
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        sel = order[start:start + n]
+        rows = token_of[start:start + n]
+        start += n
+        out.index_add_(0, rows, expert(e, x_TD[rows]) * w_Tk.reshape(-1)[sel, None])
+    return out
 
 
 class SparseMoE(nn.Module):

@@ -105,7 +105,5 @@ class ParallelExperts(Experts):
             sel = pairs[start:start + n]
             rows = sel // k
             start += n
-            gate, up = (x_TD[rows] @ self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = (F.silu(gate) * up) @ self.down_proj[e]  # (n, D)
-            out.index_add_(0, rows, y * w_flat[sel, None])
+            out.index_add_(0, rows, self.expert(e, x_TD[rows]) * w_flat[sel, None])
         return all_reduce_(out, self.group)
