@@ -342,6 +342,9 @@ def test_tokenize_and_detokenize(server, client, reference):
             ("/tokenize", {"messages": image_message("Hi", "data:image/png;base64,AAAA")}, "image"),
             ("/tokenize", {"prompt": 5}, "prompt"),
             ("/detokenize", {"tokens": [1, 10**9]}, "is not a token id"),
+            ("/detokenize", {"tokens": [reference.tokenizer.vocab_size]}, "is not a token id of this tokenizer"),
             ("/detokenize", {"tokens": [-1]}, "tokens")):
         resp = httpx.post(url + route, json=body)
         assert resp.status_code == 400 and message in resp.json()["error"]["message"], (body, resp.text)
+    resp = httpx.post(url + "/tokenize", json={"messages": messages, "model": "nope"})
+    assert resp.status_code == 404 and "does not exist" in resp.json()["error"]["message"]

@@ -14,6 +14,7 @@ Request bodies are read (size-limited; NaN/Infinity rejected) and validated with
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -82,8 +83,24 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         raise ValueError(f"LoRA adapter names {sorted(set(names) & set(llm.loras))} are also served model names")
     max_body = int(settings.max_request_mb * 2**20)
 
-    # adapter files are read (or downloaded) on a thread of their own, never holding up requests' preprocessing
-    adapter_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen3vl-adapters")
+    # side work (tokenize / detokenize, reading or downloading adapter files) runs on threads of its own: never on
+    # the event loop, never holding up the chats' preprocessing pool; at most `max_queue` such jobs at once
+    side_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qwen3vl-side")
+    side_jobs = [0]
+
+    async def on_side_pool(fn: Callable[..., Any], *args: Any) -> Any:
+        if side_jobs[0] >= settings.max_queue:
+            raise APIError(429, f"the server is busy ({side_jobs[0]} tokenize/adapter jobs waiting); retry later",
+                           code="queue_full")
+        side_jobs[0] += 1
+        try:
+            async with asyncio.timeout(settings.request_timeout):
+                return await asyncio.get_running_loop().run_in_executor(side_pool, fn, *args)
+        except TimeoutError:
+            raise APIError(504, f"the request did not finish within the server's request timeout "
+                                f"({settings.request_timeout:.0f} s)", code="timeout") from None
+        finally:
+            side_jobs[0] -= 1
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -92,7 +109,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
             yield
         finally:
             engine_loop.stop()
-            adapter_reader.shutdown(wait=False, cancel_futures=True)
+            side_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="qwen3vl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine_loop = engine_loop
@@ -196,29 +213,28 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
                 raise bad_request("add_generation_prompt: only true is supported (the chat is counted as a chat "
                                   "completion would run it)", "add_generation_prompt")
             req = parse(ChatCompletionRequest, {**body, "stream": False})
+            check_model(req.model)
             params = sampling_params(llm, req.sampling(), settings.sampling_defaults)
             try:
                 build = chat_job(llm, req, body.get("tools") if req.tools else None, params, policy,
                                  check_length=False)
-                job = await asyncio.get_running_loop().run_in_executor(engine_loop.pool, build)
+                return await on_side_pool(lambda: _tokens_response(llm, build().prompts[0].prompt_ids, False))
             except (MessageFormatError, MediaError, ValueError) as e:
                 raise bad_request(str(e), "messages") from None
-            ids, strs = job.prompts[0].prompt_ids, False
-        else:
-            req = parse(TokenizeText, body)
-            ids, strs = llm.tokenizer.encode(req.prompt), req.return_token_strs
-        out = {"count": len(ids), "max_model_len": llm.engine.max_model_len, "tokens": ids,
-               "token_strs": [llm.tokenizer.decode([t]) for t in ids] if strs else None}
-        return out
+        req = parse(TokenizeText, body)
+        if isinstance(body, dict):
+            check_model(body.get("model") if isinstance(body.get("model"), str) else None)
+        return await on_side_pool(lambda: _tokens_response(llm, llm.tokenizer.encode(req.prompt),
+                                                           req.return_token_strs))
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
         req = parse(DetokenizeRequest, await read_json(request, max_body))
-        vocab = llm.model.config.text_config.vocab_size
-        bad = next((t for t in req.tokens if t >= vocab), None)
-        if bad is not None:
-            raise bad_request(f"tokens: {bad} is not a token id (0..{vocab - 1})", "tokens")
-        return {"prompt": llm.tokenizer.decode(req.tokens)}
+        limit = min(llm.model.config.text_config.vocab_size, llm.tokenizer.vocab_size)
+        bad = next((t for t in req.tokens if t >= limit), None)
+        if bad is not None:  # (ids past the tokenizer's own would be dropped silently)
+            raise bad_request(f"tokens: {bad} is not a token id of this tokenizer (0..{limit - 1})", "tokens")
+        return await on_side_pool(lambda: _json(200, {"prompt": llm.tokenizer.decode(req.tokens)}))
 
     # ------------------------------------------------------------------ LoRA adapters at run time (vLLM's API)
     def runtime_lora() -> None:
@@ -234,7 +250,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         if name in names or name in llm.loras:
             raise bad_request(f"the name {name!r} is already served; unload it first or pick another", "lora_name")
         try:  # reading the files (or downloading them) happens off the engine thread; adding the hooks on it
-            adapter = await asyncio.get_running_loop().run_in_executor(adapter_reader, read_adapter, req.lora_path)
+            adapter = await on_side_pool(read_adapter, req.lora_path)
             await engine_loop.on_engine(lambda: llm.add_lora(name, adapter))
         except (AdapterError, OSError) as e:
             raise bad_request(f"LoRA adapter {name!r}: {e}", "lora_path") from None
@@ -253,6 +269,16 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
 
     return app
+
+
+def _json(status: int, body: Any) -> Response:
+    """A JSON response serialised here (on a worker thread, for large bodies), not on the event loop."""
+    return Response(json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/json")
+
+
+def _tokens_response(llm: LLM, ids: list[int], strs: bool) -> Response:
+    return _json(200, {"count": len(ids), "max_model_len": llm.engine.max_model_len, "tokens": ids,
+                       "token_strs": [llm.tokenizer.decode([t]) for t in ids] if strs else None})
 
 
 def _model_card(name: str, llm: LLM) -> dict[str, Any]:
