@@ -185,7 +185,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         params = sampling_params(llm, {**req.sampling(), "adapter": adapter}, settings.sampling_defaults)
         try:
             build = chat_job(llm, req, body.get("tools") if req.tools else None, params, policy)
-        except (MessageFormatError, MediaError) as e:
+        except (MessageFormatError, MediaError, ValueError) as e:
             raise bad_request(str(e), "messages") from None
         env = envelope("chatcmpl", adapter)
         events = (lambda h: _chat_events(env, h, req.n, req.include_usage)) if req.stream else None
