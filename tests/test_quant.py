@@ -280,3 +280,31 @@ def test_quantizing_keeps_one_float_layer_alive_at_a_time():
     finally:
         Int8Linear.from_linear = classmethod(original)
     assert alive_at_each_step == list(range(len(refs), 0, -1))  # one fewer float weight alive at each step
+
+
+def test_eval_synthetic_runs_the_demo_model_quantized(monkeypatch, capsys, tmp_path):
+    import json
+
+    import qwen3vl.llm
+    from qwen3vl.cli import main
+
+    made = []
+    real = qwen3vl.llm.LLM
+
+    def recording(*args, **kwargs):
+        llm = real(*args, **kwargs)
+        made.append((kwargs, llm))
+        return llm
+
+    monkeypatch.setattr(qwen3vl.llm, "LLM", recording)
+    assert main(["eval", "synthetic", "--seed", "4242", "--n", "10", "--dtype", "bfloat16", "-q", "int8",
+                 "--no-progress"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    (kwargs, llm), = made
+    assert kwargs["quantization"] == "int8" and llm.model.dtype == torch.bfloat16
+    assert isinstance(llm.model.lm_head, Int8Linear)
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    assert main(["eval", str(data), "-q", "int8"]) == 2  # a dataset: refused, with the way to do it
+    assert "serve the model" in capsys.readouterr().err
