@@ -59,7 +59,7 @@ def test_multi_turn_scene_questions_agree_with_the_truth():
 def test_shuffled_turns_keep_the_same_questions_with_the_media_first():
     cfg = tiny_synthetic_config()
     plain = MultiTurnSource(seed=4, tasks=TASKS, config=cfg, extra_turns=6)
-    shuffled = MultiTurnSource(seed=4, tasks=TASKS, config=cfg, extra_turns=6, shuffle_turns=True)
+    shuffled = MultiTurnSource(seed=4, tasks=TASKS, config=cfg, extra_turns=6, shuffle_turns=0.5)
     examples = iter_examples(4, TASKS, cfg)
     moved = 0
     for i in range(40):
@@ -76,7 +76,7 @@ def test_shuffled_turns_keep_the_same_questions_with_the_media_first():
         k = [q for q, _ in qa(b)].index(own)
         assert qa(b)[k][1] == ex.answer
         moved += k > 0
-    assert 20 < moved < 40  # mostly moved: the own question is one of up to 7 turns
+    assert 10 < moved < 30  # about half moved (the chance is 0.5)
 
 
 def _tiny_demo(out, steps: int = 2) -> DemoConfig:

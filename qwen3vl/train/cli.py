@@ -206,8 +206,9 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--eval-every", dest="eval_every", type=int, help="held-out loss every N steps")
     p.add_argument("--save-every", dest="save_every", type=int, help="resumable checkpoint every N steps")
     p.add_argument("--export-dtype", dest="export_dtype", choices=("float32", "bfloat16"))
-    p.add_argument("--shuffle-turns", dest="shuffle_turns", action="store_true", default=None,
-                   help="ask each scene's scored question at a random turn, not always first (docs/TRAINING.md)")
+    p.add_argument("--shuffle-turns", dest="shuffle_turns", type=float, metavar="P",
+                   help="chance that a scene's scored question moves from the first turn to a random later one "
+                        "(default 0; docs/TRAINING.md)")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.set_defaults(func=_run_demo)
 

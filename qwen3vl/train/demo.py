@@ -43,7 +43,7 @@ class DemoConfig:
     video_size: int = 96  # side of the video frames
     second_event_p: float = 1.0  # every clip has a second change, so video_time needs the label (DEMO_DATA.md)
     extra_turns: int = 8  # further questions about each scene (demo_data.MultiTurnSource); 0: one question
-    shuffle_turns: bool = False  # the scored question at a random turn, not always first (demo_data.MultiTurnSource)
+    shuffle_turns: float = 0.0  # chance that the scored question moves to a later turn (demo_data.MultiTurnSource)
     steps: int = 8000  # ~75 min on 2 idle CPU cores (0.55 s/step), more when the cores are shared
     batch_size: int = 16
     lr: float = 5e-4  # 2e-3 left the image unused for 2,000+ steps (docs/TRAINING.md); 5e-4 reads it by step 600

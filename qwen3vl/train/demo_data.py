@@ -4,7 +4,7 @@ A synthetic example's answer is one to a few tokens, while its image costs 256 p
 question per image therefore spends most of its compute on vision passes that each teach one token. `MultiTurnSource`
 keeps each example's own question, in exactly the format the scorer asks, and adds up to `extra_turns` further
 user/assistant turns about the same scene (the image is shown once), none with the own question's answer (which would
-only repeat it). The own question is the first turn, or, with `shuffle_turns`, at a random place among the turns: with
+only repeat it). The own question is the first turn, or, with probability `shuffle_turns`, a random later one: with
 it always first, only OCR scenes hold text, so the model learned that a picture with text means the first question is
 OCR, and answered "How many squares are there?" about a picture with a word in it with OCR-like garbage (the same
 question asked after an OCR turn got "1"). Their answers are read off the example's truth:
@@ -69,7 +69,7 @@ class MultiTurnSource:
     num_examples = None
 
     def __init__(self, seed: int, tasks: Sequence[str] = TASKS, config: SyntheticConfig | None = None,
-                 extra_turns: int = 4, shuffle_turns: bool = False):
+                 extra_turns: int = 4, shuffle_turns: float = 0.0):
         self.seed, self.tasks, self.extra_turns = seed, tuple(tasks), extra_turns
         self.shuffle_turns = shuffle_turns
         self.config = config or SyntheticConfig()
@@ -83,9 +83,9 @@ class MultiTurnSource:
         picked = [pool[int(i)] for i in rng.permutation(len(pool))[:self.extra_turns]]
         first_user, first_answer = ex.messages
         turns = [(None, first_answer["content"])] + picked  # None: the example's own question, asked with the media
-        if self.shuffle_turns:  # the own question goes to a random place (the media stay in the first turn)
-            k = int(np.random.default_rng([self.seed, index, 2]).integers(len(turns)))
-            turns.insert(k, turns.pop(0))
+        move = np.random.default_rng([self.seed, index, 2])
+        if len(turns) > 1 and move.random() < self.shuffle_turns:  # to a later turn (the media stay in the first)
+            turns.insert(int(move.integers(1, len(turns))), turns.pop(0))
         messages: list[dict] = []
         for question, answer in turns:
             if not messages:  # the first turn shows the media, with whichever question comes first
