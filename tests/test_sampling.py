@@ -73,3 +73,22 @@ def test_generation_config_defaults():
     cfg = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "eos_token_id": [151645, 151643]}
     assert from_generation_config(cfg) == {"temperature": 0.7, "top_k": 20, "top_p": 0.8}
     assert from_generation_config({"do_sample": False, "temperature": 0.7}) == {"temperature": 0.0}
+
+
+def test_logit_bias_is_added_to_the_logits():
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.0])
+    assert sample(logits, SamplingParams(temperature=0), [], [], None).token == 1
+    forced = SamplingParams(temperature=0, logit_bias={2: 100.0}, logprobs=0)
+    out = sample(logits, forced, [], [], None)
+    assert out.token == 2 and out.logprob == pytest.approx(0.0, abs=1e-6)
+    banned = SamplingParams(temperature=0, logit_bias={1: -100.0, 3: 0.5}, logprobs=1)
+    out = sample(logits, banned, [], [], None)
+    want = torch.tensor([0.0, -97.0, 1.0, 2.5]).log_softmax(-1)  # the biased distribution
+    assert out.token == 3 and out.logprob == pytest.approx(float(want[3]), abs=1e-6)
+    g = torch.Generator().manual_seed(0)  # sampling: a -100 bias is never drawn
+    drawn = {sample(logits, SamplingParams(temperature=1.0, logit_bias={1: -100, 3: -100}), [], [], g).token
+             for _ in range(200)}
+    assert drawn == {0, 2}
+    for bad in ({-1: 1.0}, {2: 101.0}, {"2": 1.0}):
+        with pytest.raises(ValueError, match="logit_bias"):
+            SamplingParams(logit_bias=bad).validate()

@@ -348,3 +348,22 @@ def test_tokenize_and_detokenize(server, client, reference):
         assert resp.status_code == 400 and message in resp.json()["error"]["message"], (body, resp.text)
     resp = httpx.post(url + "/tokenize", json={"messages": messages, "model": "nope"})
     assert resp.status_code == 404 and "does not exist" in resp.json()["error"]["message"]
+
+
+def test_logit_bias(client, reference):
+    """OpenAI's logit_bias: +100 makes a token (almost) certain, -100 bans one; both endpoints."""
+    hi = [{"role": "user", "content": "Hi"}]
+    token = reference.tokenizer.encode(" sea")[0]
+    r = client.chat.completions.create(model="tiny", messages=hi, temperature=0, max_tokens=4,
+                                       logit_bias={str(token): 100}, extra_body={"ignore_eos": True})
+    want = reference.chat(hi, temperature=0, max_tokens=4, ignore_eos=True, logit_bias={token: 100})
+    assert want.token_ids == [token] * 4 and r.choices[0].message.content == want.text
+    first = reference.chat(hi, temperature=0, max_tokens=3).token_ids[0]
+    banned = reference.chat(hi, temperature=0, max_tokens=3, logit_bias={first: -100})
+    assert banned.token_ids[0] != first
+    r = client.chat.completions.create(model="tiny", messages=hi, temperature=0, max_tokens=3,
+                                       logit_bias={str(first): -100})
+    assert r.choices[0].message.content == banned.text
+    c = client.completions.create(model="tiny", prompt="Once upon a time", temperature=0, max_tokens=3,
+                                  logit_bias={str(token): 100})
+    assert c.choices[0].text == reference.tokenizer.decode([token] * 3)

@@ -141,7 +141,11 @@ def test_bad_sampling_values_name_the_field(server, field, value):
 
 def test_unsupported_and_inconsistent_options(server):
     assert error_of(post(server, chat(top_logprobs=2)), 400)["param"] == "top_logprobs"
-    assert error_of(post(server, chat(logit_bias={"5": 10})), 400)["param"] == "logit_bias"
+    for bias, words in (({"x": 10}, "token ids"), ({"5": 101}, "less than or equal to 100"),
+                        ({"5": True}, "valid number"), ({str(10**7): 1}, "is not a token id"),
+                        ({str(k): 1 for k in range(301)}, "at most 300")):
+        err = error_of(post(server, chat(logit_bias=bias)), 400)
+        assert err["param"].startswith("logit_bias") and words in err["message"], (bias, err)
     assert error_of(post(server, chat(tool_choice="required")), 400)["param"] == "tool_choice"
     tools = [{"type": "function", "function": {"name": "f"}}]
     err = error_of(post(server, chat(tools=tools, tool_choice={"type": "function", "function": {"name": "g"}})), 400)

@@ -3,7 +3,8 @@
 Order of operations (as transformers and vLLM do): penalties on raw logits, then temperature, then top-k,
 top-p and min-p filtering, then a draw from each request's own generator. Temperature 0 means greedy.
 Penalties follow the usual semantics: `repetition_penalty` (multiplicative, over prompt and output tokens),
-`presence_penalty` and `frequency_penalty` (additive, OpenAI-style, over output tokens only).
+`presence_penalty` and `frequency_penalty` (additive, OpenAI-style, over output tokens only). `logit_bias` is added
+to the raw logits first, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class SamplingParams:
     json_schema: dict | bool | None = None  # constrain it to a document valid against this schema (engine/schema.py)
     forced_tool_calls: Any = None  # tool_constraint.ForcedCalls: the answer is tool calls valid against their schemas
     adapter: str | None = None  # a LoRA adapter loaded by name (engine/adapters.py); None: the base model
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (OpenAI's logit_bias, -100..100)
 
     def validate(self) -> "SamplingParams":
         def bad(name: str, why: str):
@@ -63,6 +65,9 @@ class SamplingParams:
             bad("logprobs", "must be in [0, 20]")
         if self.min_tokens < 0:
             bad("min_tokens", "must be >= 0")
+        if self.logit_bias is not None:
+            if not all(isinstance(k, int) and k >= 0 and -100 <= v <= 100 for k, v in self.logit_bias.items()):
+                bad("logit_bias", "must map token ids (integers >= 0) to biases in [-100, 100]")
         if self.json_schema is not None:
             from qwen3vl.engine.schema import compile_schema
 
@@ -109,7 +114,11 @@ class SampleOutput:
 
 
 def apply_penalties(logits: torch.Tensor, p: SamplingParams, prompt_ids: list[int], output_ids: list[int]) -> torch.Tensor:
-    """logits (V,) float32 -> penalised logits (new tensor when anything applies)."""
+    """logits (V,) float32 -> penalised (and `logit_bias`ed) logits (a new tensor when anything applies)."""
+    if p.logit_bias:
+        ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=logits.device)
+        logits = logits.index_add(0, ids, torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype,
+                                                         device=logits.device))
     if p.repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), dtype=torch.long, device=logits.device)
         if len(seen):

@@ -50,6 +50,9 @@ def sampling_params(llm: LLM, fields: dict[str, Any], server_defaults: dict[str,
     for t in values.get("stop_token_ids") or []:
         if not 0 <= t < vocab:
             raise bad_request(f"stop_token_ids: {t} is not a token id (0..{vocab - 1})", "stop_token_ids")
+    for t in values.get("logit_bias") or {}:
+        if not 0 <= t < vocab:
+            raise bad_request(f"logit_bias: {t} is not a token id (0..{vocab - 1})", "logit_bias")
     try:
         return llm.sampling_params(**values)
     except (ValueError, TypeError) as e:

@@ -19,6 +19,7 @@ from qwen3vl.serve.errors import APIError, bad_request
 MAX_N = 128
 MAX_STOP = 16
 MAX_STOP_CHARS = 1024
+MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
 
 PosInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1 - MAX_N)]
@@ -81,6 +82,13 @@ class _Sampling(_Strict):
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]],
+                          Field(max_length=MAX_LOGIT_BIAS)] | None = None
+
+    def check_logit_bias(self) -> None:
+        for key in self.logit_bias or {}:
+            if not key.isdigit():  # OpenAI's keys are token ids written as strings
+                raise bad_request(f"logit_bias: keys must be token ids (digits), got {key!r}", "logit_bias")
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for `LLM.sampling_params` (None: the server default)."""
@@ -90,7 +98,8 @@ class _Sampling(_Strict):
                 "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
                 "seed": self.seed, "stop": [s for s in stop if s] if stop else None,
                 "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos or None,
-                "min_tokens": self.min_tokens, "n": self.n}
+                "min_tokens": self.min_tokens, "n": self.n,
+                "logit_bias": {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None}
 
     @property
     def include_usage(self) -> bool:
@@ -106,7 +115,6 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    logit_bias: dict[str, Any] | None = None
     # extra_body media budget (applies to every image/video part that does not set its own)
     min_pixels: PosInt | None = None
     max_pixels: PosInt | None = None
@@ -125,8 +133,7 @@ class ChatCompletionRequest(_Sampling):
     def check(self) -> None:
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
-        if self.logit_bias:
-            raise bad_request("logit_bias is not supported by this server", "logit_bias")
+        self.check_logit_bias()
         names = [t.function.name for t in self.tools or []]
         choice = self.tool_choice
         if choice in ("required",) or isinstance(choice, NamedToolChoice):
@@ -150,7 +157,6 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
-    logit_bias: dict[str, Any] | None = None
 
     def sampling(self) -> dict[str, Any]:
         out = super().sampling()
@@ -164,8 +170,7 @@ class CompletionRequest(_Sampling):
             raise bad_request("suffix is not supported by this server", "suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise bad_request("best_of is not supported by this server (leave it out or equal to n)", "best_of")
-        if self.logit_bias:
-            raise bad_request("logit_bias is not supported by this server", "logit_bias")
+        self.check_logit_bias()
         if isinstance(self.prompt, list) and not self.prompt:
             raise bad_request("prompt must not be an empty list", "prompt")
         if isinstance(self.prompt, list) and len(self.prompt) > MAX_N:
