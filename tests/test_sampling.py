@@ -92,3 +92,14 @@ def test_logit_bias_is_added_to_the_logits():
     for bad in ({-1: 1.0}, {2: 101.0}, {"2": 1.0}):
         with pytest.raises(ValueError, match="logit_bias"):
             SamplingParams(logit_bias=bad).validate()
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused_when_queued(tmp_path):
+    from qwen3vl.llm import LLM
+    from qwen3vl.model.testing import write_tiny_model
+
+    llm = LLM(write_tiny_model(tmp_path / "tiny"), kv_cache_gb=0.01)
+    vocab = llm.model.config.text_config.vocab_size
+    with pytest.raises(ValueError, match=f"logit_bias: {vocab} is not a token id"):
+        llm.chat([{"role": "user", "content": "Hi"}], logit_bias={vocab: 1.0}, max_tokens=2)
+    assert not llm.engine.requests  # nothing was queued

@@ -93,6 +93,10 @@ class Engine:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not prompt_ids:
             raise ValueError("the prompt is empty")
+        vocab = self.model.config.text_config.vocab_size
+        bad = next((t for t in (params.logit_bias or {}) if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"logit_bias: {bad} is not a token id (0..{vocab - 1})")
         adapter_id = 0
         if params.adapter is not None:
             if self.adapters is None:
