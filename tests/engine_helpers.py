@@ -71,6 +71,18 @@ def naive_greedy(model, prompt: Prompt, steps: int) -> list[int]:
     return out
 
 
+def engine_greedy(model, prompts: list[Prompt], steps: int) -> list[list[int]]:
+    """Our engine's greedy tokens for hand-built prompts, all submitted at once."""
+    from qwen3vl.engine.engine import Engine, EngineConfig
+    from qwen3vl.engine.sampling import SamplingParams
+
+    eng = Engine(model, eos_token_ids=[], config=EngineConfig(block_size=8, num_blocks=64))
+    for i, p in enumerate(prompts):
+        eng.add_request(str(i), p.ids, SamplingParams(max_tokens=steps, temperature=0), p.media, p.kinds)
+    eng.run_until_done()
+    return [eng.requests[str(i)][0].output_ids for i in range(len(prompts))]
+
+
 @torch.no_grad()
 def reference_greedy(ref, prompt: Prompt, steps: int, image_id: int, video_id: int) -> list[int]:
     """transformers' `generate` (greedy) on a hand-built prompt: the new token ids."""

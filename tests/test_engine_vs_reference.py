@@ -6,9 +6,7 @@ import pytest
 import torch
 
 import qwen3vl
-from qwen3vl.engine.engine import Engine, EngineConfig
-from qwen3vl.engine.sampling import SamplingParams
-from engine_helpers import Prompt, reference_greedy, sharpen
+from engine_helpers import Prompt, engine_greedy, reference_greedy, sharpen
 from reference import IMG, VID, reference_model
 
 
@@ -20,9 +18,5 @@ def test_greedy_equals_transformers_generate(kind, tmp_path):
     g = torch.Generator().manual_seed(4)
     prompts = [Prompt(ours.config, g).text(6).image(8, 10).text(4),
                Prompt(ours.config, g).text(3).video(2, 4, 6).text(2).image(4, 4).text(5)]
-    eng = Engine(ours, eos_token_ids=[], config=EngineConfig(block_size=8, num_blocks=64))
-    for i, p in enumerate(prompts):
-        eng.add_request(str(i), p.ids, SamplingParams(max_tokens=10, temperature=0), p.media, p.kinds)
-    eng.run_until_done()
-    for i, p in enumerate(prompts):
-        assert eng.requests[str(i)][0].output_ids == reference_greedy(ref, p, 10, IMG, VID)
+    for got, p in zip(engine_greedy(ours, prompts, 10), prompts):
+        assert got == reference_greedy(ref, p, 10, IMG, VID)

@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import qwen3vl
-from qwen3vl.engine.engine import Engine, EngineConfig
-from qwen3vl.engine.sampling import SamplingParams
 from qwen3vl.model.quant import SMALL_M, Int8Experts, Int8Linear, quantize_model, quantize_weight
-from engine_helpers import Prompt, reference_greedy, sharpen
+from engine_helpers import Prompt, engine_greedy, reference_greedy, sharpen
 from reference import IMG, VID, Inputs, batch, ours_kwargs, reference_model
 
 
@@ -110,12 +108,8 @@ def test_greedy_decoding_of_a_quantized_model_equals_the_reference(tmp_path):
     ref = _dequantized_into(ref, ours)
     g = torch.Generator().manual_seed(4)
     prompts = [Prompt(ours.config, g).text(6).image(8, 10).text(4), Prompt(ours.config, g).text(3).video(2, 4, 6)]
-    eng = Engine(ours, eos_token_ids=[], config=EngineConfig(block_size=8, num_blocks=64))
-    for i, p in enumerate(prompts):
-        eng.add_request(str(i), p.ids, SamplingParams(max_tokens=10, temperature=0), p.media, p.kinds)
-    eng.run_until_done()
-    for i, p in enumerate(prompts):
-        assert eng.requests[str(i)][0].output_ids == reference_greedy(ref, p, 10, IMG, VID)
+    for got, p in zip(engine_greedy(ours, prompts, 10), prompts):
+        assert got == reference_greedy(ref, p, 10, IMG, VID)
 
 
 def test_the_demo_model_keeps_its_answers_in_bfloat16():
