@@ -82,18 +82,13 @@ class MultiTurnSource:
         pool = [qa for qa in scene_questions(task, ex.truth, self.config.image_size, rng) if qa[1] != ex.answer]
         picked = [pool[int(i)] for i in rng.permutation(len(pool))[:self.extra_turns]]
         first_user, first_answer = ex.messages
-        turns = [(None, first_answer["content"])] + picked  # None: the example's own question, asked with the media
+        media, own = first_user["content"][:-1], first_user["content"][-1]["text"]
+        turns = [(own, first_answer["content"])] + picked
         move = np.random.default_rng([self.seed, index, 2])
         if len(turns) > 1 and move.random() < self.shuffle_turns:  # to a later turn (the media stay in the first)
             turns.insert(int(move.integers(1, len(turns))), turns.pop(0))
         messages: list[dict] = []
-        for question, answer in turns:
-            if not messages:  # the first turn shows the media, with whichever question comes first
-                text = first_user["content"][-1]["text"] if question is None else question
-                messages.append({"role": "user", "content": first_user["content"][:-1] + [{"type": "text",
-                                                                                             "text": text}]})
-            else:
-                own = first_user["content"][-1]["text"]
-                messages.append({"role": "user", "content": own if question is None else question})
-            messages.append({"role": "assistant", "content": answer})
+        for k, (question, answer) in enumerate(turns):  # the first turn shows the media, with its question
+            content = media + [{"type": "text", "text": question}] if k == 0 else question
+            messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
         return Conversation(messages)
