@@ -128,23 +128,26 @@ class Experts(nn.Module):
 
 
 def mix_experts(x_TD: torch.Tensor, idx_Tk: torch.Tensor, w_Tk: torch.Tensor, num_experts: int,
-                expert: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Each token's output: the sum over its k routed experts e of weight * expert(e, its rows), one call per expert
-    that has tokens."""
+                expert: Callable[[int, torch.Tensor], torch.Tensor], first: int = 0) -> torch.Tensor:
+    """Each token's output: the sum over its k routed experts of weight * expert(e, its rows), one call per expert
+    that has tokens. Only experts [first, first + num_experts) are run, as local ids e (a tensor-parallel rank's
+    share; the others contribute nothing here)."""
     k = idx_Tk.shape[1]
-    flat = idx_Tk.reshape(-1)
-    order = flat.argsort(stable=True)
-    counts = torch.bincount(flat, minlength=num_experts).tolist()
-    token_of = order // k  # token row for each sorted (token, slot)
+    flat = idx_Tk.reshape(-1) - first  # local expert id of each (token, slot); outside [0, num_experts): elsewhere
+    pairs = ((flat >= 0) & (flat < num_experts)).nonzero().squeeze(1)  # (P,) flat (token, slot) indices
+    local = flat[pairs]
+    pairs = pairs[local.argsort(stable=True)]  # grouped by expert, in token order within each
+    counts = torch.bincount(local, minlength=num_experts).tolist()
+    w_flat = w_Tk.reshape(-1)
     out = torch.zeros_like(x_TD)
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
             continue
-        sel = order[start:start + n]
-        rows = token_of[start:start + n]
+        sel = pairs[start:start + n]
+        rows = sel // k  # token row of each selected (token, slot)
         start += n
-        out.index_add_(0, rows, expert(e, x_TD[rows]) * w_Tk.reshape(-1)[sel, None])
+        out.index_add_(0, rows, expert(e, x_TD[rows]) * w_flat[sel, None])
     return out
 
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from qwen3vl.model.text import Experts
+from qwen3vl.model.text import Experts, mix_experts
 
 
 def all_reduce_(x: torch.Tensor, group) -> torch.Tensor:
@@ -88,22 +88,5 @@ class ParallelExperts(Experts):
         self.group = group
 
     def forward(self, x_TD: torch.Tensor, idx_Tk: torch.Tensor, w_Tk: torch.Tensor) -> torch.Tensor:
-        k = idx_Tk.shape[1]
-        n_local = self.gate_up_proj.shape[0]
-        flat = idx_Tk.reshape(-1) - self.first  # local expert id of each (token, slot); outside [0, Er): elsewhere
-        pairs = ((flat >= 0) & (flat < n_local)).nonzero().squeeze(1)  # (P,) flat (token, slot) indices
-        local = flat[pairs]
-        order = local.argsort(stable=True)
-        pairs = pairs[order]
-        counts = torch.bincount(local, minlength=n_local).tolist()
-        w_flat = w_Tk.reshape(-1)
-        out = torch.zeros_like(x_TD)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            sel = pairs[start:start + n]
-            rows = sel // k
-            start += n
-            out.index_add_(0, rows, self.expert(e, x_TD[rows]) * w_flat[sel, None])
+        out = mix_experts(x_TD, idx_Tk, w_Tk, self.gate_up_proj.shape[0], self.expert, self.first)
         return all_reduce_(out, self.group)
