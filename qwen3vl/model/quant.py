@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qwen3vl.model.text import mix_experts
+from qwen3vl.model.text import Experts, mix_experts
 
 METHODS = ("int8",)
 # decoder projections and the LM head, by module name
@@ -76,7 +76,7 @@ class Int8Experts(nn.Module):
     """MoE experts (`text.Experts`) with int8 weights: each expert's projections stored (out, in) with a scale per
     output row, as `Int8Linear` stores one layer."""
 
-    def __init__(self, experts: nn.Module):
+    def __init__(self, experts: Experts):
         super().__init__()
         # published layout: gate_up (E, D, 2I), down (E, I, D), used as x @ W; stored here transposed, (E, out, in)
         for name in ("gate_up_proj", "down_proj"):
@@ -144,9 +144,9 @@ def quantize_model(model: nn.Module, method: str = "int8") -> list[str]:
     # names first, each module fetched in turn: a list of the modules would keep every float layer alive to the end
     for name in [n for n, _ in model.named_modules() if EXPERTS.match(n) or TARGETS.match(n)]:
         module = model.get_submodule(name)
-        if EXPERTS.match(name) and type(module).__name__ == "Experts":
+        if type(module) is Experts:  # (only EXPERTS names hold these)
             new: nn.Module = Int8Experts(module)
-        elif TARGETS.match(name) and type(module) is nn.Linear:
+        elif type(module) is nn.Linear:  # (only TARGETS names hold linear layers here)
             new = Int8Linear.from_linear(module)
         elif isinstance(module, (Int8Linear, Int8Experts)):
             continue
