@@ -86,13 +86,14 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
     # side work (tokenize / detokenize, reading or downloading adapter files) runs on threads of its own: never on
     # the event loop, never holding up the chats' preprocessing pool; at most `max_queue` such jobs at once
     side_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qwen3vl-side")
-    side_jobs = [0]
+    side_jobs = 0
 
     async def on_side_pool(fn: Callable[..., Any], *args: Any) -> Any:
-        if side_jobs[0] >= settings.max_queue:
-            raise APIError(429, f"the server is busy ({side_jobs[0]} tokenize/adapter jobs waiting); retry later",
+        nonlocal side_jobs
+        if side_jobs >= settings.max_queue:
+            raise APIError(429, f"the server is busy ({side_jobs} tokenize/adapter jobs waiting); retry later",
                            code="queue_full")
-        side_jobs[0] += 1
+        side_jobs += 1
         try:
             async with asyncio.timeout(settings.request_timeout):
                 return await asyncio.get_running_loop().run_in_executor(side_pool, fn, *args)
@@ -100,7 +101,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
             raise APIError(504, f"the request did not finish within the server's request timeout "
                                 f"({settings.request_timeout:.0f} s)", code="timeout") from None
         finally:
-            side_jobs[0] -= 1
+            side_jobs -= 1
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -176,17 +177,21 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
             return Response(status_code=499)  # the client is gone; nobody reads this
         return JSONResponse(render(env, done.choices, done.usage))
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        arrival = time.monotonic()
-        body = await read_json(request, max_body)
+    def chat_request(body: Any, check_length: bool = True) -> tuple[ChatCompletionRequest, str | None, Callable]:
+        """A chat body -> (the request, its LoRA adapter, the job's build function); 4xx for what is wrong."""
         req = parse(ChatCompletionRequest, body)
         adapter = check_model(req.model)
         params = sampling_params(llm, {**req.sampling(), "adapter": adapter}, settings.sampling_defaults)
         try:
-            build = chat_job(llm, req, body.get("tools") if req.tools else None, params, policy)
+            return req, adapter, chat_job(llm, req, body.get("tools") if req.tools else None, params, policy,
+                                          check_length)
         except (MessageFormatError, MediaError, ValueError) as e:
             raise bad_request(str(e), "messages") from None
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        arrival = time.monotonic()
+        req, adapter, build = chat_request(await read_json(request, max_body))
         env = envelope("chatcmpl", adapter)
         events = (lambda h: _chat_events(env, h, req.n, req.include_usage)) if req.stream else None
         return await run(request, env, build, arrival, events, R.chat_completion)
@@ -212,18 +217,13 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
             if body.get("add_generation_prompt", True) is not True:
                 raise bad_request("add_generation_prompt: only true is supported (the chat is counted as a chat "
                                   "completion would run it)", "add_generation_prompt")
-            req = parse(ChatCompletionRequest, {**body, "stream": False})
-            check_model(req.model)
-            params = sampling_params(llm, req.sampling(), settings.sampling_defaults)
-            try:
-                build = chat_job(llm, req, body.get("tools") if req.tools else None, params, policy,
-                                 check_length=False)
+            _, _, build = chat_request({**body, "stream": False}, check_length=False)
+            try:  # the media are read and decoded in `build`
                 return await on_side_pool(lambda: _tokens_response(llm, build().prompts[0].prompt_ids, False))
             except (MessageFormatError, MediaError, ValueError) as e:
                 raise bad_request(str(e), "messages") from None
         req = parse(TokenizeText, body)
-        if isinstance(body, dict):
-            check_model(body.get("model") if isinstance(body.get("model"), str) else None)
+        check_model(req.model)
         return await on_side_pool(lambda: _tokens_response(llm, llm.tokenizer.encode(req.prompt),
                                                            req.return_token_strs))
 

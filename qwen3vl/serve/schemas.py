@@ -187,6 +187,7 @@ class CompletionRequest(_Sampling):
 
 class TokenizeText(_Strict):
     """`POST /tokenize` with a text prompt (vLLM's route)."""
+    model: str | None = None
     prompt: Annotated[str, Field(max_length=10_000_000)]
     add_special_tokens: bool = True  # accepted for vLLM's clients: Qwen's tokenizer adds none either way
     return_token_strs: bool = False
