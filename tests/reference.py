@@ -106,3 +106,19 @@ def batch(rows: list[Inputs], gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 def ours_kwargs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+
+
+def random_lora(base, folder, seed: int, **config):
+    """A random (non-identity) peft LoRA on transformers' model of the checkpoint `base`, saved to `folder`."""
+    import peft
+    from transformers import Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    hf = Qwen3VLForConditionalGeneration.from_pretrained(base)
+    model = peft.get_peft_model(hf, peft.LoraConfig(init_lora_weights=False, **config))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)  # large enough to change greedy tokens
+    model.save_pretrained(folder)
+    return folder

@@ -8,16 +8,15 @@ request are refused by name."""
 from __future__ import annotations
 
 import openai
-import peft
 import pytest
 import torch
-from transformers import Qwen3VLForConditionalGeneration
 
 from qwen3vl.llm import LLM
 from qwen3vl.serve.app import ServeSettings, create_app
 from qwen3vl.serve.testing import ServerThread, image_message, png_data_uri
 from qwen3vl.train.testing import write_tiny_base
 from qwen3vl.weights.adapters import AdapterError
+from reference import random_lora
 
 SAMPLING = dict(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=0)
 CONVS = [
@@ -26,27 +25,14 @@ CONVS = [
 ]
 
 
-def _adapter(base, folder, seed: int, **config):
-    """A random (non-identity) peft LoRA on transformers' model of `base`, saved to `folder`."""
-    torch.manual_seed(seed)
-    hf = Qwen3VLForConditionalGeneration.from_pretrained(base)
-    model = peft.get_peft_model(hf, peft.LoraConfig(init_lora_weights=False, **config))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)  # large enough to change greedy tokens
-    model.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     base = write_tiny_base(root / "base", seed=5)
-    a = _adapter(base, root / "a", 1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
-    b = _adapter(base, root / "b", 2, r=2, lora_alpha=4, target_modules=["o_proj", "down_proj", "gate_proj"],
+    a = random_lora(base, root / "a", 1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
+    b = random_lora(base, root / "b", 2, r=2, lora_alpha=4, target_modules=["o_proj", "down_proj", "gate_proj"],
                  use_rslora=True)
-    vision = _adapter(base, root / "vision", 3, r=2, lora_alpha=4, target_modules=["qkv"])
+    vision = random_lora(base, root / "vision", 3, r=2, lora_alpha=4, target_modules=["qkv"])
     return {"base": base, "a": a, "b": b, "vision": vision}
 
 
@@ -199,7 +185,7 @@ def test_chunked_prefill_and_several_sequences_per_request(folders):
 def test_other_adapters_are_refused_by_name(folders, tmp_path, config, message):
     from qwen3vl.weights.adapters import read_adapter
 
-    folder = _adapter(folders["base"], tmp_path / "ad", 4, r=2, lora_alpha=4, **config)
+    folder = random_lora(folders["base"], tmp_path / "ad", 4, r=2, lora_alpha=4, **config)
     llm = LLM(folders["base"], device="cpu", kv_cache_gb=0.05)
     with pytest.raises(AdapterError, match=message):
         llm.add_lora("n", folder)

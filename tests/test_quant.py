@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import qwen3vl
 from qwen3vl.model.quant import SMALL_M, Int8Experts, Int8Linear, quantize_model, quantize_weight
 from engine_helpers import Prompt, engine_greedy, reference_greedy, sharpen
-from reference import IMG, VID, Inputs, batch, ours_kwargs, reference_model
+from reference import IMG, VID, Inputs, batch, ours_kwargs, random_lora, reference_model
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -163,22 +163,13 @@ def test_per_request_adapters_on_a_quantized_model(tmp_path):
     holding the dequantized weights (float32: same tokens, logprobs within 1e-4)."""
     import shutil
 
-    import peft
     from transformers import Qwen3VLForConditionalGeneration
 
     from qwen3vl.llm import LLM
     from qwen3vl.train.testing import write_tiny_base
 
     base = write_tiny_base(tmp_path / "base", seed=6)
-    torch.manual_seed(1)
-    hf = Qwen3VLForConditionalGeneration.from_pretrained(base)
-    adapted = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                                      target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in adapted.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)
-    adapted.save_pretrained(tmp_path / "adapter")
+    random_lora(base, tmp_path / "adapter", 1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
 
     sampling = dict(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=0)
     conv = [{"role": "user", "content": "Tell me about the sea."}]
