@@ -171,3 +171,64 @@ def test_a_finished_demo_run_extends_with_resume(tmp_path, caplog):
         assert records[s]["loss"] == uninterrupted[s]["loss"] and records[s]["lr"] == uninterrupted[s]["lr"], s
     straight = load_file(tmp_path / "b" / "model.safetensors")
     assert all((straight[k] == extended[k]).all() for k in straight)
+
+
+def _shown(frame, color: str, box) -> bool:
+    """Whether `frame` holds a patch of palette colour `color` inside `box` (the pixels, not the truth)."""
+    import numpy as np
+
+    from qwen3vl.train.synthetic_scenes import PALETTE
+
+    x0, y0, x1, y1 = (int(v) for v in box)
+    region = np.asarray(frame, dtype=np.int16)[y0:y1, x0:x1]
+    close = (np.abs(region - np.array(PALETTE[color])).max(axis=-1) <= 2).sum()
+    return close >= 0.2 * region.shape[0] * region.shape[1]
+
+
+def test_video_step_questions_agree_with_the_frames():
+    """`video_steps`: "what happens at t" and "is X visible at t", checked on the rendered frames themselves."""
+    cfg = SyntheticConfig(video_size=96, min_seconds=4, max_seconds=8, second_event_p=1.0)
+    src = MultiTurnSource(seed=5, tasks=("video_time",), config=cfg, extra_turns=20, video_steps=True)
+    plain = MultiTurnSource(seed=5, tasks=("video_time",), config=cfg, extra_turns=20)
+    examples = iter_examples(5, ("video_time",), cfg)
+    seen = Counter()
+    for i in range(12):
+        ex, conv = next(examples), src[i]
+        assert conv.messages[:2] == ex.messages
+        frames, fps = ex.messages[0]["content"][0]["video"], ex.truth["fps"]
+        boxes = {ex.truth["label"]: ex.truth["box_px"]} | {e["label"]: e["box_px"] for e in ex.truth["other_events"]}
+        # frame 2s opens second s: changes happen on such frames, so "visible at s" reads frame 2s
+        for user, assistant in zip(conv.messages[2::2], conv.messages[3::2]):
+            q, a = user["content"], assistant["content"]
+            if q.startswith(("Is the", "Can you see")):
+                label = next(k for k in boxes if k in q)
+                s = float(q.rstrip("?").split()[-2])
+                assert a == ("yes" if _shown(frames[int(s * fps)], label.split()[0], boxes[label]) else "no"), q
+                seen[a] += 1
+            elif q.startswith(("What happens", "What changes")):
+                s = int(float(q.rstrip("?").split()[-2]) * fps)
+                changed = [k for k, box in boxes.items()
+                           if _shown(frames[s], k.split()[0], box) != _shown(frames[s - 1], k.split()[0], box)]
+                if a == "Nothing changes.":
+                    assert not changed and frames[s].tobytes() == frames[s - 1].tobytes()
+                else:
+                    (label,) = changed
+                    now = _shown(frames[s], label.split()[0], boxes[label])
+                    assert a == f"The {label} {'appears' if now else 'disappears'}."
+                seen[a == "Nothing changes."] += 1
+            else:
+                _check_turn(q, a, ex.truth, cfg.video_size)
+        # without the option the stream is what it was
+        assert len(plain[i].messages) == 2 + 2 * len(ex.truth["other_events"])
+    assert seen["yes"] > 5 and seen["no"] > 5 and seen[True] > 3 and seen[False] > 10
+
+
+def test_video_steps_keep_the_clip_question_first_while_stills_still_move():
+    cfg = tiny_synthetic_config()
+    src = MultiTurnSource(seed=4, tasks=TASKS, config=cfg, extra_turns=6, shuffle_turns=1.0, video_steps=True)
+    examples = iter_examples(4, TASKS, cfg)
+    moved = Counter()
+    for i in range(30):
+        ex, messages = next(examples), src[i].messages
+        moved[ex.task] += messages[1]["content"] != ex.answer
+    assert moved["video_time"] == 0 and moved["count"] + moved["color_shape"] + moved["grounding"] >= 12

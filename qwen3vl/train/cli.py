@@ -209,6 +209,9 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--shuffle-turns", dest="shuffle_turns", type=float, metavar="P",
                    help="chance that a scene's scored question moves from the first turn to a random later one "
                         "(default 0; docs/TRAINING.md)")
+    p.add_argument("--video-steps", dest="video_steps", action="store_true", default=None,
+                   help="add the video task in parts to each clip's turns: what changes at a given second, whether an "
+                        "object is visible at a given second (docs/TRAINING.md)")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.set_defaults(func=_run_demo)
 

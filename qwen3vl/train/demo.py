@@ -44,6 +44,7 @@ class DemoConfig:
     second_event_p: float = 1.0  # every clip has a second change, so video_time needs the label (DEMO_DATA.md)
     extra_turns: int = 8  # further questions about each scene (demo_data.MultiTurnSource); 0: one question
     shuffle_turns: float = 0.0  # chance that the scored question moves to a later turn (demo_data.MultiTurnSource)
+    video_steps: bool = False  # clips also get the video task in parts (demo_data.video_step_questions)
     steps: int = 8000  # ~75 min on 2 idle CPU cores (0.55 s/step), more when the cores are shared
     batch_size: int = 16
     lr: float = 5e-4  # 2e-3 left the image unused for 2,000+ steps (docs/TRAINING.md); 5e-4 reads it by step 600
@@ -163,7 +164,7 @@ def build_demo(d: DemoConfig) -> dict:
                     bf16=d.bf16, num_workers=d.num_workers, seed=d.seed, eval_every=d.eval_every,
                     save_every=d.save_every, resume="auto" if d.resume else None, export=False, device=d.device)
     t1 = time.perf_counter()
-    source = (MultiTurnSource(d.seed, d.tasks, synth, d.extra_turns, d.shuffle_turns) if d.extra_turns
+    source = (MultiTurnSource(d.seed, d.tasks, synth, d.extra_turns, d.shuffle_turns, d.video_steps) if d.extra_turns
               else SyntheticSource(d.seed, d.tasks, synth))
     result = train_sft(sft, source=source, eval_source=eval_set)
     t2 = time.perf_counter()

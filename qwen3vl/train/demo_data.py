@@ -12,7 +12,8 @@ question asked after an OCR turn got "1"). Their answers are read off the exampl
 * still images: the colour of each shape that occurs once, the shape of each colour that occurs once, counts by shape
   and by colour (of kinds present), and grounding of each colour+shape label that occurs once;
 * videos: when each *other* changing object appears or disappears (the skill the task tests: bind the label to its
-  change).
+  change); with `video_steps`, also the task in parts (`video_step_questions`): what changes at a given second, and
+  whether a changing object is visible at a given second. A clip's own question then always stays first.
 
 Questions use the generator's own phrasings (`synthetic.QUESTIONS`) and answer formats (`format_grounding`,
 `format_seconds`). Example i depends only on (seed, i), so the stream stays resumable. The extra turns come from
@@ -32,16 +33,46 @@ from qwen3vl.train.synthetic import (QUESTIONS, TASKS, SyntheticConfig, example_
 from qwen3vl.train.synthetic_scenes import PLURALS, to_relative
 
 
+VIDEO_STEPS: dict[str, tuple[str, ...]] = {  # the video task in parts (`scene_questions(..., video_steps=True)`)
+    "at": ("What happens at {t} seconds?", "What changes at {t} seconds?"),
+    "visible": ("Is the {label} visible at {t} seconds?", "Can you see the {label} at {t} seconds?"),
+}
+VIDEO_NOTHING = "Nothing changes."
+
+
+def video_step_questions(truth: dict, ask) -> list[tuple[str, str]]:
+    """The parts of "when does X change?": what changes at a given second (each event's, and one second where
+    nothing does), and whether an object that changes is visible at a given second (one second before and one after
+    each change, and the first and last second). Times are whole seconds, written as the answers write them."""
+    events = [{"label": truth["label"], "event": truth["event"], "time": truth["time"]}] + [
+        {k: e[k] for k in ("label", "event", "time")} for e in truth.get("other_events", [])]
+    last = int(truth["num_frames"] / truth["fps"]) - 1  # the last whole second of the clip
+    out: list[tuple[str, str]] = []
+    for e in events:
+        verb = "appears" if e["event"] == "appear" else "disappears"
+        out.append((ask("at", t=f"{e['time']:.1f}"), f"The {e['label']} {verb}."))
+    quiet = [s for s in range(last + 1) if all(abs(s - e["time"]) > 0.5 for e in events)]
+    if quiet:
+        out.append((ask("at", t=f"{quiet[len(quiet) // 2]:.1f}"), VIDEO_NOTHING))
+    for e in events:
+        for s in sorted({0, int(e["time"]) - 1, int(e["time"]), last}):
+            if 0 <= s <= last:
+                shown = (s >= e["time"]) == (e["event"] == "appear")
+                out.append((ask("visible", label=e["label"], t=f"{s:.1f}"), "yes" if shown else "no"))
+    return out
+
+
 def scene_questions(task: str, truth: dict, image_size: int,
-                    rng: np.random.Generator | None = None) -> list[tuple[str, str]]:
+                    rng: np.random.Generator | None = None, video_steps: bool = False) -> list[tuple[str, str]]:
     """Every (question, answer) the truth settles, in a fixed order; `rng` picks among the phrasings."""
 
     def ask(key: str, **fields: str) -> str:
-        options = QUESTIONS[key]
+        options = QUESTIONS[key] if key in QUESTIONS else VIDEO_STEPS[key]
         return options[int(rng.integers(len(options))) if rng is not None else 0].format(**fields)
 
     if task == "video_time":
-        return [(ask(e["event"], label=e["label"]), format_seconds(e["time"])) for e in truth.get("other_events", [])]
+        out = [(ask(e["event"], label=e["label"]), format_seconds(e["time"])) for e in truth.get("other_events", [])]
+        return out + (video_step_questions(truth, ask) if video_steps else [])
     objects = truth.get("objects", [])
     shapes = Counter(o["shape"] for o in objects)
     colors = Counter(o["color"] for o in objects)
@@ -69,9 +100,9 @@ class MultiTurnSource:
     num_examples = None
 
     def __init__(self, seed: int, tasks: Sequence[str] = TASKS, config: SyntheticConfig | None = None,
-                 extra_turns: int = 4, shuffle_turns: float = 0.0):
+                 extra_turns: int = 4, shuffle_turns: float = 0.0, video_steps: bool = False):
         self.seed, self.tasks, self.extra_turns = seed, tuple(tasks), extra_turns
-        self.shuffle_turns = shuffle_turns
+        self.shuffle_turns, self.video_steps = shuffle_turns, video_steps
         self.config = config or SyntheticConfig()
 
     def __getitem__(self, index: int) -> Conversation:
@@ -79,13 +110,17 @@ class MultiTurnSource:
         ex = make_example(task, example_rng(self.seed, index), self.config)
         rng = np.random.default_rng([self.seed, index, 1])
         # drop the example's own question in other phrasings (and the rare other question with the same answer)
-        pool = [qa for qa in scene_questions(task, ex.truth, self.config.image_size, rng) if qa[1] != ex.answer]
+        pool = [qa for qa in scene_questions(task, ex.truth, self.config.image_size, rng, self.video_steps)
+                if qa[1] != ex.answer]
         picked = [pool[int(i)] for i in rng.permutation(len(pool))[:self.extra_turns]]
         first_user, first_answer = ex.messages
         media, own = first_user["content"][:-1], first_user["content"][-1]["text"]
         turns = [(own, first_answer["content"])] + picked
         move = np.random.default_rng([self.seed, index, 2])
-        if len(turns) > 1 and move.random() < self.shuffle_turns:  # to a later turn (the media stay in the first)
+        # to a later turn (the media stay in the first); never past the video steps, whose "what changes at t"
+        # turns would give the answer away in text
+        steps = self.video_steps and task == "video_time"
+        if len(turns) > 1 and not steps and move.random() < self.shuffle_turns:
             turns.insert(int(move.integers(1, len(turns))), turns.pop(0))
         messages: list[dict] = []
         for k, (question, answer) in enumerate(turns):  # the first turn shows the media, with its question
