@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "qwen3vl" / "assets" / "demo"))
     ap.add_argument("--seed", type=int, default=2, help="a validation seed (0 trains the demo model, 1 is held out)")
     ap.add_argument("--clips", type=int, default=150)
-    ap.add_argument("--step-clips", type=int, default=40)
+    ap.add_argument("--step-clips", type=int, default=40)  # each probe: 0 skips it
     ap.add_argument("--probe-clips", type=int, default=200)
     ap.add_argument("--probe-images", type=int, default=800)
     ap.add_argument("--threads", type=int, default=2)
@@ -148,9 +148,11 @@ def main() -> None:
     clips = list(itertools.islice(iter_examples(args.seed, ("video_time",), cfg), max(args.clips, args.probe_clips)))
     print(json.dumps({"answers": answers(llm, clips[:args.clips])}), flush=True)
     print(json.dumps({"steps": steps(llm, clips[:args.step_clips])}), flush=True)
-    print(json.dumps({"probe_video": probe_video(llm, clips[:args.probe_clips])}), flush=True)
-    images = list(itertools.islice(iter_examples(args.seed, ("count",), cfg), args.probe_images))
-    print(json.dumps({"probe_images": probe_images(llm, images)}), flush=True)
+    if args.probe_clips:  # 0 skips a probe
+        print(json.dumps({"probe_video": probe_video(llm, clips[:args.probe_clips])}), flush=True)
+    if args.probe_images:
+        images = list(itertools.islice(iter_examples(args.seed, ("count",), cfg), args.probe_images))
+        print(json.dumps({"probe_images": probe_images(llm, images)}), flush=True)
 
 
 if __name__ == "__main__":
