@@ -63,14 +63,13 @@ def steps(llm, examples) -> dict:
     return {k: {"right": hits[k], "asked": totals[k], "share": round(hits[k] / totals[k], 3)} for k in totals}
 
 
-def visual_tokens(llm, prompt) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """The merged visual tokens of the prompt's one media item, (T, tokens per frame pair, D), and its grid."""
+def visual_tokens(llm, prompt) -> torch.Tensor:
+    """The merged visual tokens of the prompt's one media item, (T, tokens per frame pair, D)."""
     prepared = llm.prepare(prompt)
     (item,) = prepared.images + prepared.videos
     with torch.no_grad():
         tokens, _ = llm.model.model.visual(item.pixel_values, [item.grid_thw])
-    t = item.grid_thw[0]
-    return tokens.reshape(t, -1, tokens.shape[-1]), item.grid_thw
+    return tokens.reshape(item.grid_thw[0], -1, tokens.shape[-1])
 
 
 def probe(features: list[torch.Tensor], labels: list[list[bool]], groups: list[int]) -> dict:
@@ -99,17 +98,18 @@ def probe(features: list[torch.Tensor], labels: list[list[bool]], groups: list[i
 
 
 def probe_video(llm, examples) -> dict:
-    feats, labels, groups = [], [], []
+    from qwen3vl.train.demo_data import shown_at
     from qwen3vl.train.synthetic_scenes import COLORS
 
+    feats, labels, groups = [], [], []
     for i, ex in enumerate(examples):
-        tokens, _ = visual_tokens(llm, ex.prompt)
+        tokens = visual_tokens(llm, ex.prompt)
         truth = ex.truth
         events = [(truth["label"], truth["event"], truth["time"])] + [
             (e["label"], e["event"], e["time"]) for e in truth["other_events"]]
         for second in range(tokens.shape[0]):  # frame pair k opens second k (2 fps)
             shown = {o["color"] for o in truth["objects"]}
-            shown |= {label.split()[0] for label, event, time in events if (second >= time) == (event == "appear")}
+            shown |= {label.split()[0] for label, event, time in events if shown_at(event, time, second)}
             feats.append(torch.cat([tokens[second].mean(0), tokens[second].amax(0)]))
             labels.append([c in shown for c in COLORS])
             groups.append(i)
@@ -121,7 +121,7 @@ def probe_images(llm, examples) -> dict:
 
     feats, labels = [], []
     for ex in examples:
-        tokens, _ = visual_tokens(llm, ex.prompt)
+        tokens = visual_tokens(llm, ex.prompt)
         feats.append(torch.cat([tokens[0].mean(0), tokens[0].amax(0)]))
         labels.append([c in {o["color"] for o in ex.truth["objects"]} for c in COLORS])
     return probe(feats, labels, list(range(len(examples))))
@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "qwen3vl" / "assets" / "demo"))
     ap.add_argument("--seed", type=int, default=2, help="a validation seed (0 trains the demo model, 1 is held out)")
     ap.add_argument("--clips", type=int, default=150)
-    ap.add_argument("--step-clips", type=int, default=40)  # each probe: 0 skips it
+    ap.add_argument("--step-clips", type=int, default=40)  # each count: 0 skips that part
     ap.add_argument("--probe-clips", type=int, default=200)
     ap.add_argument("--probe-images", type=int, default=800)
     ap.add_argument("--threads", type=int, default=2)
@@ -145,15 +145,16 @@ def main() -> None:
 
     llm = LLM(args.model, dtype="float32", device="cpu")
     cfg = synthetic_config_for(args.model)
-    clips = list(itertools.islice(iter_examples(args.seed, ("video_time",), cfg), max(args.clips, args.probe_clips)))
-    print(json.dumps({"answers": answers(llm, clips[:args.clips])}), flush=True)
-    print(json.dumps({"steps": steps(llm, clips[:args.step_clips])}), flush=True)
-    if args.probe_clips:  # 0 skips a probe
-        print(json.dumps({"probe_video": probe_video(llm, clips[:args.probe_clips])}), flush=True)
+    n = max(args.clips, args.step_clips, args.probe_clips)
+    clips = list(itertools.islice(iter_examples(args.seed, ("video_time",), cfg), n))
+    parts = (("answers", answers, args.clips), ("steps", steps, args.step_clips),
+             ("probe_video", probe_video, args.probe_clips))
+    for name, measure, count in parts:
+        if count:  # 0 skips a part
+            print(json.dumps({name: measure(llm, clips[:count])}), flush=True)
     if args.probe_images:
         images = list(itertools.islice(iter_examples(args.seed, ("count",), cfg), args.probe_images))
         print(json.dumps({"probe_images": probe_images(llm, images)}), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -40,25 +40,29 @@ VIDEO_STEPS: dict[str, tuple[str, ...]] = {  # the video task in parts (`scene_q
 VIDEO_NOTHING = "Nothing changes."
 
 
+def shown_at(event: str, time: float, second: float) -> bool:
+    """Whether an object that appears (`event` "appear") or disappears at `time` is visible at `second`."""
+    return (second >= time) == (event == "appear")
+
+
 def video_step_questions(truth: dict, ask) -> list[tuple[str, str]]:
     """The parts of "when does X change?": what changes at a given second (each event's, and one second where
-    nothing does), and whether an object that changes is visible at a given second (one second before and one after
-    each change, and the first and last second). Times are whole seconds, written as the answers write them."""
-    events = [{"label": truth["label"], "event": truth["event"], "time": truth["time"]}] + [
-        {k: e[k] for k in ("label", "event", "time")} for e in truth.get("other_events", [])]
+    nothing does), and whether an object that changes is visible at a given second (the second before its change,
+    the second of it, and the first and last second). Times are whole seconds, written as the answers write them."""
+    events = [(truth["label"], truth["event"], truth["time"])] + [
+        (e["label"], e["event"], e["time"]) for e in truth.get("other_events", [])]
     last = int(truth["num_frames"] / truth["fps"]) - 1  # the last whole second of the clip
     out: list[tuple[str, str]] = []
-    for e in events:
-        verb = "appears" if e["event"] == "appear" else "disappears"
-        out.append((ask("at", t=f"{e['time']:.1f}"), f"The {e['label']} {verb}."))
-    quiet = [s for s in range(last + 1) if all(abs(s - e["time"]) > 0.5 for e in events)]
+    for label, event, time in events:
+        verb = "appears" if event == "appear" else "disappears"
+        out.append((ask("at", t=f"{time:.1f}"), f"The {label} {verb}."))
+    quiet = [s for s in range(last + 1) if all(abs(s - time) > 0.5 for _, _, time in events)]
     if quiet:
         out.append((ask("at", t=f"{quiet[len(quiet) // 2]:.1f}"), VIDEO_NOTHING))
-    for e in events:
-        for s in sorted({0, int(e["time"]) - 1, int(e["time"]), last}):
+    for label, event, time in events:
+        for s in sorted({0, int(time) - 1, int(time), last}):
             if 0 <= s <= last:
-                shown = (s >= e["time"]) == (e["event"] == "appear")
-                out.append((ask("visible", label=e["label"], t=f"{s:.1f}"), "yes" if shown else "no"))
+                out.append((ask("visible", label=label, t=f"{s:.1f}"), "yes" if shown_at(event, time, s) else "no"))
     return out
 
 
