@@ -92,6 +92,19 @@ def test_synthetic_stream_and_worker_process(proc):
         assert torch.equal(a.inputs["pixel_values"], b.inputs["pixel_values"])
 
 
+def test_a_pool_of_workers_serves_the_single_process_sequence(proc, jsonl):
+    # 11 examples, windows of 4, 4 and 3 (the last window has 2 batches, one of them short); start mid-window and run
+    # past the epoch's end, so the plan's bookkeeping of short windows and epochs is exercised
+    bb = BucketedBatches(JsonlSource(jsonl), proc, batch_size=2, window_batches=2, seed=4, start=3)
+    in_process = list(itertools.islice(batch_loader(bb, 0), 10))
+    pooled = list(itertools.islice(batch_loader(bb, 3, prefetch=1), 10))
+    assert [b.position for b in pooled] == list(range(4, 14))
+    assert [_ids(b) for b in pooled] == [_ids(b) for b in in_process]
+    assert all(torch.equal(a.loss_mask, b.loss_mask) for a, b in zip(in_process, pooled))
+    with pytest.raises(ValueError, match="num_workers"):
+        batch_loader(bb, -1)
+
+
 def test_max_length_cuts_text_but_never_media(proc):
     text = Conversation([{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "x" * 50}])
     full = prepare(proc, text)

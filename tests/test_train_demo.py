@@ -6,6 +6,9 @@ import json
 from collections import Counter
 from dataclasses import replace
 
+import pytest
+import torch
+
 from qwen3vl.train.demo import DemoConfig, build_demo, evaluate_demo
 from qwen3vl.train.demo_data import MultiTurnSource
 from qwen3vl.train.scoring import box_iou, parse_grounding_builtin
@@ -171,6 +174,30 @@ def test_a_finished_demo_run_extends_with_resume(tmp_path, caplog):
         assert records[s]["loss"] == uninterrupted[s]["loss"] and records[s]["lr"] == uninterrupted[s]["lr"], s
     straight = load_file(tmp_path / "b" / "model.safetensors")
     assert all((straight[k] == extended[k]).all() for k in straight)
+
+
+def test_a_stretch_starts_from_a_trained_model_with_a_worker_pool(tmp_path):
+    """`init_from` (how the GPU stretch began from the shipped model): the run starts from that model's weights, not
+    random ones. With lr 0 nothing moves, so the export must equal the starting model exactly, and its side files
+    come along; the data comes from a pool of two processes."""
+    from safetensors.torch import load_file
+
+    first = _tiny_demo(tmp_path / "a")
+    build_demo(first)
+    start = load_file(tmp_path / "a" / "model.safetensors")
+    stretch = replace(_tiny_demo(tmp_path / "b"), init_from=str(tmp_path / "a"), lr=0.0, num_workers=2,
+                      work_dir=str(tmp_path / "b.work"))
+    assert build_demo(stretch)["steps"] == 2
+    after = load_file(tmp_path / "b" / "model.safetensors")
+    assert sorted(after) == sorted(start) and all(torch.equal(after[k], start[k]) for k in start)
+    assert (tmp_path / "b" / "tokenizer.json").read_bytes() == (tmp_path / "a" / "tokenizer.json").read_bytes()
+    assert not (tmp_path / "b.work" / "tokenizer").exists()  # no tokenizer trained, no random model written
+    random_start = replace(stretch, init_from=None, out=str(tmp_path / "c"), work_dir=str(tmp_path / "c.work"))
+    build_demo(random_start)
+    other = load_file(tmp_path / "c" / "model.safetensors")
+    assert any(not torch.equal(other[k], start[k]) for k in start)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        build_demo(replace(stretch, init_from=str(tmp_path / "nowhere")))
 
 
 def _shown(frame, color: str, box) -> bool:

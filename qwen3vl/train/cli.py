@@ -148,7 +148,8 @@ def _add_sft(sub: Any) -> None:
     p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in float32")
     p.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_true", default=None)
     p.add_argument("--max-length", dest="max_length", type=int)
-    p.add_argument("--workers", dest="num_workers", type=int, choices=(0, 1), help="background data process")
+    p.add_argument("--workers", dest="num_workers", type=int,
+                   help="data processes: 0 in-process, 1 background, N a pool (the same batches either way)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", dest="eval_every", type=int)
     p.add_argument("--save-every", dest="save_every", type=int)
@@ -199,7 +200,12 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--workers", dest="num_workers", type=int, choices=(0, 1))
+    p.add_argument("--workers", dest="num_workers", type=int,
+                   help="data processes: 0 in-process, 1 background (default), N a pool (for a GPU)")
+    p.add_argument("--tasks", type=_csv, help="task mix, a task named twice drawn twice as often (default: "
+                   "color_shape,count,count,grounding x3,ocr x3,video_time x2)")
+    p.add_argument("--init-from", dest="init_from", metavar="DIR",
+                   help="start from this demo model (same tokenizer) instead of random weights, new optimizer")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue from the last checkpoint in the work dir; a larger --steps extends a finished run "
                         "(the cosine schedule is recomputed for the new length)")

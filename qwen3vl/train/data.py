@@ -211,16 +211,24 @@ class BucketedBatches(torch.utils.data.IterableDataset):
             groups = [groups[int(g)] for g in perm]
         return [[prepared[j] for j in g] for g in groups]
 
-    def __iter__(self) -> Iterator[Batch]:
+    def plan(self) -> Iterator[tuple[int, int, int, int]]:
+        """The windows to serve from batch `start` on: (epoch, window, first batch served in it, batches before)."""
         k = self.start
         epoch, window, offset = self.locate(k)
         while True:
-            batches = self._window(epoch, window)
-            for b in batches[offset:]:
-                k += 1
-                yield collate(self.processor, b, k)
+            yield epoch, window, offset, k
+            k += math.ceil(len(self.window_indices(epoch, window)) / self.batch_size) - offset
             offset = 0
             epoch, window, _ = self.locate(k)
+
+    def serve(self, epoch: int, window: int, offset: int, before: int) -> list[Batch]:
+        """One `plan` entry's batches, collated."""
+        return [collate(self.processor, b, before + i + 1)
+                for i, b in enumerate(self._window(epoch, window)[offset:])]
+
+    def __iter__(self) -> Iterator[Batch]:
+        for task in self.plan():
+            yield from self.serve(*task)
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """One pass over a finite source (for evaluation)."""
@@ -238,13 +246,48 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # the trainer owns the cores; the worker only renders, resizes and tokenizes
 
 
-def batch_loader(batches: BucketedBatches, num_workers: int = 0, prefetch: int = 4):
-    """An iterator over `batches` from `batches.start`, prepared in a background process when `num_workers` is 1.
-    (One worker at most: several would each need their own share of windows and would reorder batches.)"""
-    if num_workers not in (0, 1):
-        raise ValueError(f"num_workers must be 0 or 1, got {num_workers}")
+def batch_loader(batches: BucketedBatches, num_workers: int = 0, prefetch: int = 4) -> Iterator[Batch]:
+    """An iterator over `batches` from `batches.start`: in this process (0 workers), in one background process (1),
+    or in a pool of `num_workers` processes that prepare whole windows side by side (a GPU eats batches faster than
+    one core makes them). Every choice serves the same batches in the same order."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
     if num_workers == 0:
         return iter(batches)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=1, prefetch_factor=prefetch,
-                                         worker_init_fn=_worker_init)
-    return iter(loader)
+    if num_workers == 1:
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=1, prefetch_factor=prefetch,
+                                             worker_init_fn=_worker_init)
+        return iter(loader)
+    return _pooled(batches, num_workers, prefetch)
+
+
+_POOL_BATCHES: BucketedBatches | None = None  # a pool worker's copy (inherited through the fork, never pickled)
+
+
+def _pool_init(batches: BucketedBatches) -> None:
+    global _POOL_BATCHES
+    _POOL_BATCHES = batches
+    _worker_init(0)
+
+
+def _pool_serve(task: tuple[int, int, int, int]) -> list[Batch]:
+    return _POOL_BATCHES.serve(*task)
+
+
+def _pooled(batches: BucketedBatches, num_workers: int, prefetch: int) -> Iterator[Batch]:
+    """Windows in flight on `num_workers` forked processes, `num_workers + prefetch` ahead, collected in plan order."""
+    import collections
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("fork"), initializer=_pool_init,
+                               initargs=(batches,))
+    try:
+        plan = batches.plan()
+        pending = collections.deque(pool.submit(_pool_serve, next(plan)) for _ in range(num_workers + prefetch))
+        while True:
+            ready = pending.popleft().result()
+            pending.append(pool.submit(_pool_serve, next(plan)))
+            yield from ready
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

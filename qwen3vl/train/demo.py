@@ -14,7 +14,8 @@ trained from scratch on CPU on the synthetic tasks (docs/DEMO_DATA.md).
 temperature=0)`. Use a test seed that training and tuning never saw.
 
 Work files (tokenizer, initial weights, checkpoints, metrics.jsonl) go to `work_dir`; a stopped run continues from
-its last checkpoint with `resume=True`.
+its last checkpoint with `resume=True`. `init_from` starts from a trained demo model instead (a new stretch with a
+fresh optimizer and schedule, e.g. on a GPU with a larger batch: docs/TRAINING.md).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class DemoConfig:
     init_seed: int = 0
     export_dtype: str = "float32"
     device: str = "cpu"
+    init_from: str | None = None  # start from this demo model folder (same tokenizer) instead of random weights
 
     @property
     def work(self) -> Path:
@@ -147,15 +149,19 @@ def build_demo(d: DemoConfig) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     (work / "demo_config.json").write_text(json.dumps(asdict(d), indent=2) + "\n")
     t0 = time.perf_counter()
-    tok_dir = work / "tokenizer"
-    if not (tok_dir / "tokenizer.json").is_file():
-        train_tokenizer(tok_dir)
-    cfg = demo_model_config(d, tok_dir)
-    init = work / "init"
-    if not (init / "model.safetensors").is_file():
-        model = random_model(cfg, seed=d.init_seed)
-        save_checkpoint(model, init)
-        write_side_files(init, tok_dir, d.image_size, d.video_size)
+    if d.init_from:
+        init = Path(d.init_from)
+        if not (init / "config.json").is_file():
+            raise FileNotFoundError(f"init_from: {init} is no model folder (no config.json)")
+    else:
+        tok_dir = work / "tokenizer"
+        if not (tok_dir / "tokenizer.json").is_file():
+            train_tokenizer(tok_dir)
+        init = work / "init"
+        if not (init / "model.safetensors").is_file():
+            model = random_model(demo_model_config(d, tok_dir), seed=d.init_seed)
+            save_checkpoint(model, init)
+            write_side_files(init, tok_dir, d.image_size, d.video_size)
 
     synth = SyntheticConfig(image_size=d.image_size, video_size=d.video_size, second_event_p=d.second_event_p)
     eval_set = ListSource([ex.messages for ex in make_dataset(d.eval_seed, d.eval_examples, TASKS, synth)])
