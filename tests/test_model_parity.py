@@ -31,6 +31,9 @@ def _cases(gen: torch.Generator) -> dict[str, list[Inputs]]:
         "left-padded batch of two": [Inputs().text(6, gen).image(8, 10).text(9, gen),
                                      Inputs().text(4, gen).video(2, 4, 6, gen).text(3, gen)],
         "left-padded text batch": [Inputs().text(30, gen), Inputs().text(11, gen)],
+        # same-size items apart from each other share attention calls (vision.attention_windows regroups rows)
+        "same sizes interleaved": [Inputs().text(3, gen).image(8, 8).video(2, 4, 6, gen).text(2, gen).image(8, 8),
+                                   Inputs().text(5, gen).video(3, 4, 6, gen).image(4, 6).text(2, gen).image(8, 8)],
     }
 
 
@@ -102,3 +105,35 @@ def test_bf16_difference_is_reported(pair, tmp_path):
     print(f"{kind} bf16: max |ours - reference| = {diff:.3e} (logit scale {scale:.2f}); "
           f"reference bf16 vs fp32 = {(a - full).abs().max().item():.3e}")
     assert diff < 0.1 * scale + 0.05
+
+
+def test_attention_windows_group_equal_sizes_and_undo_the_order():
+    from qwen3vl.model.vision import attention_windows
+
+    same = attention_windows([[1, 4, 4], [2, 4, 4], [1, 2, 4]])  # lengths 16, 16, 8: already grouped
+    assert same.groups == [(0, 3, 16), (48, 1, 8)] and same.order is None
+    mixed = attention_windows([[1, 4, 4], [2, 2, 4], [1, 4, 4]])  # 16, 8, 16: the last image joins the first
+    assert mixed.groups == [(0, 2, 16), (32, 2, 8)]
+    assert mixed.order.tolist() == list(range(16)) + list(range(32, 48)) + list(range(16, 32))
+    rows = torch.arange(48)
+    assert torch.equal(rows.index_select(0, mixed.order).index_select(0, mixed.inverse), rows)
+
+
+def test_grouped_vision_attention_equals_one_call_per_window():
+    """The batched calls give what attention over each window alone gives (the definition), to float rounding."""
+    from qwen3vl.config import VisionConfig
+    from qwen3vl.model.vision import VisionAttention, attention_windows
+
+    torch.manual_seed(0)
+    attn = VisionAttention(VisionConfig(hidden_size=32, num_heads=2, intermediate_size=64, depth=1))
+    grids = [[1, 4, 4], [2, 2, 4], [1, 4, 4], [3, 2, 2], [1, 2, 4]]
+    n = sum(t * h * w for t, h, w in grids)
+    x, cos, sin = torch.randn(n, 32), torch.randn(n, 16).cos(), torch.randn(n, 16).sin()
+    got = attn(x, cos, sin, attention_windows(grids))
+    singles, start = [], 0
+    for t, h, w in grids:
+        for _ in range(t):
+            rows = slice(start, start + h * w)
+            singles.append(attn(x[rows], cos[rows], sin[rows], attention_windows([[1, h, w]])))
+            start += h * w
+    assert torch.allclose(got, torch.cat(singles), atol=1e-6, rtol=0)

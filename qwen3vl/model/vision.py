@@ -8,13 +8,15 @@ Module and parameter names are the checkpoint's (spec §11.1), so loading is a p
 Per item (image, or video of gt temporal patches) with patch grid (t, h, w):
   * a learned 48x48 position table is resampled bilinearly (align_corners=True) to (h, w);
   * 2-D rotary angles come from each patch's (row, col);
-  * attention is full within one temporal patch of one item and never crosses items.
+  * attention is full within one temporal patch of one item and never crosses items; windows of the same size, from
+    any items, run as one batched attention call (`attention_windows`).
 Grid-derived tensors are cached per (h, w), so a video or repeated image sizes cost nothing extra.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,40 @@ class VisionPatchEmbed(nn.Module):
         return F.linear(x_NP.to(w.dtype), w.reshape(w.shape[0], -1), self.proj.bias)
 
 
+@dataclass
+class Windows:
+    """Where vision attention runs: each item's temporal patch is one window of h*w rows, never crossing another.
+    Windows of the same length, from any items, share one attention call: `groups` holds (start, count, length) runs
+    of `count` back-to-back windows in the row order `order` (None: the input order already is), and `inverse`
+    puts the rows back. A batch of 100 same-size images costs one call per layer, not 100."""
+
+    groups: list[tuple[int, int, int]]
+    order: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
+
+
+def attention_windows(grids: list[list[int]], device: torch.device | str = "cpu") -> Windows:
+    """The `Windows` of items with patch grids (t, h, w), in the order of `pixel_values`."""
+    starts, by_length = 0, {}
+    for t, h, w in grids:
+        by_length.setdefault(h * w, []).append((starts, t))
+        starts += t * h * w
+    groups, pieces, at, in_order = [], [], 0, True
+    for length, items in by_length.items():
+        count = sum(t for _, t in items)
+        groups.append((at, count, length))
+        for start, t in items:
+            in_order = in_order and start == at
+            pieces.append(torch.arange(start, start + t * length))
+            at += t * length
+    if in_order:
+        return Windows(groups)
+    order = torch.cat(pieces)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    return Windows(groups, order.to(device), inverse.to(device))
+
+
 class VisionAttention(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -44,21 +80,24 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True)
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=True)
 
-    def forward(self, x_ND: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                segments: list[tuple[int, int, int]]) -> torch.Tensor:
+    def forward(self, x_ND: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, windows: Windows) -> torch.Tensor:
         n = x_ND.shape[0]
         q, k, v = self.qkv(x_ND).view(n, 3, -1, self.head_dim).unbind(1)  # each (N, Hv, Dh)
         q, k = apply_rotary_vision(q, cos, sin), apply_rotary_vision(k, cos, sin)
-        out = torch.empty_like(q)
-        # segments: (start, count, length) = `count` back-to-back attention windows of `length` patches
-        for start, count, length in segments:
+        if windows.order is not None:  # rows grouped by window length
+            q, k, v = (t.index_select(0, windows.order) for t in (q, k, v))
+        outs = []
+        for start, count, length in windows.groups:  # `count` back-to-back windows of `length` rows: one call
             end = start + count * length
 
             def window(t: torch.Tensor) -> torch.Tensor:  # (count, Hv, length, Dh)
                 return t[start:end].view(count, length, -1, self.head_dim).transpose(1, 2)
 
             o = F.scaled_dot_product_attention(window(q), window(k), window(v))
-            out[start:end] = o.transpose(1, 2).reshape(count * length, -1, self.head_dim)
+            outs.append(o.transpose(1, 2).reshape(count * length, -1, self.head_dim))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if windows.order is not None:
+            out = out.index_select(0, windows.inverse)
         return self.proj(out.reshape(n, -1))
 
 
@@ -83,8 +122,8 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(cfg)
         self.mlp = VisionMLP(cfg)
 
-    def forward(self, x, cos, sin, segments):
-        x = x + self.attn(self.norm1(x), cos, sin, segments)
+    def forward(self, x, cos, sin, windows):
+        x = x + self.attn(self.norm1(x), cos, sin, windows)
         return x + self.mlp(self.norm2(x))
 
 
@@ -147,11 +186,10 @@ class VisionModel(nn.Module):
         return self.pos_embed.weight.dtype
 
     def grid_inputs(self, grid_thw: list[list[int]], device: torch.device):
-        """Position embedding (N, Dv) in the hidden dtype, rotary cos/sin (N, Dh) and attention segments."""
+        """Position embedding (N, Dv) in the hidden dtype, rotary cos/sin (N, Dh) and the attention `Windows`."""
         cfg = self.cfg
         side = cfg.pos_grid_side
-        rows, cols, taps, weights, segments = [], [], [], [], []
-        start = 0
+        rows, cols, taps, weights = [], [], [], []
         for t, h, w in grid_thw:
             if h % cfg.spatial_merge_size or w % cfg.spatial_merge_size:
                 raise ValueError(f"grid {t}x{h}x{w} is not a multiple of the merge size {cfg.spatial_merge_size}")
@@ -160,8 +198,6 @@ class VisionModel(nn.Module):
             cols.append(c.repeat(t))
             taps.append(tp.repeat(t, 1))
             weights.append(wt.repeat(t, 1))
-            segments.append((start, int(t), int(h * w)))
-            start += int(t * h * w)
         taps_t = torch.cat(taps).to(device)
         weights_t = torch.cat(weights).to(device)
         table = self.pos_embed.weight
@@ -169,7 +205,7 @@ class VisionModel(nn.Module):
         pos = (F.embedding(taps_t, table) * weights_t[:, :, None]).sum(1).to(table.dtype)
         inv_freq = vision_inv_freq(cfg.head_dim, cfg.rope_theta).to(device)
         cos, sin = vision_cos_sin(torch.cat(rows).to(device), torch.cat(cols).to(device), inv_freq)
-        return pos, cos, sin, segments
+        return pos, cos, sin, attention_windows([[int(v) for v in g] for g in grid_thw], device)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor | list) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """pixel_values (N, C*Tp*P*P) -> merged tokens (N/M, D) and one (N/M, D) tensor per DeepStack level."""
@@ -178,12 +214,12 @@ class VisionModel(nn.Module):
         if pixel_values.shape[0] != expected:
             raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows but the grids describe {expected} patches")
         x = self.patch_embed(pixel_values)
-        pos, cos, sin, segments = self.grid_inputs(grids, x.device)
+        pos, cos, sin, windows = self.grid_inputs(grids, x.device)
         x = x + pos.to(x.dtype)
         deep: list[torch.Tensor] = []
         levels = self.cfg.deepstack_visual_indexes
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, segments)
+            x = block(x, cos, sin, windows)
             if i in levels:
                 deep.append(self.deepstack_merger_list[levels.index(i)](x))
         return self.merger(x), deep

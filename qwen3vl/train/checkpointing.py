@@ -18,7 +18,7 @@ _FLAG = "_qwen3vl_checkpointed"
 def _checkpointed(module: nn.Module, *args):
     original = type(module).forward.__get__(module)
     if module.training and torch.is_grad_enabled():
-        # the layers' non-tensor arguments (rotary tables, the attention backend, vision segments) pass through
+        # the layers' non-tensor arguments (rotary tables, the attention backend, vision windows) pass through
         return checkpoint(original, *args, use_reentrant=False)
     return original(*args)
 
