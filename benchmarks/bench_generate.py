@@ -11,9 +11,13 @@ the numbers measure the model and the generation loop, not preprocessing.
       64 generated tokens each;
       transformers runs its batch of 8 as one left-padded `generate`
   (d) a second turn on the same image (ours: prefix and vision caches; transformers: no cache across calls)
-  (e) peak RSS of each side
+  (e) peak RSS of each side (and, with --device cuda, peak GPU memory allocated)
 
-Usage: python benchmarks/bench_generate.py [--ckpt DIR] [--threads 2] [--decode-tokens 16] [--gen-tokens 32]
+With --device cuda both sides run on the GPU, every timing is taken after torch.cuda.synchronize(), and the
+decode floor uses the GPU's measured memory-read bandwidth instead of the host's.
+
+Usage: python benchmarks/bench_generate.py [--ckpt DIR] [--device cpu|cuda] [--threads 2] [--decode-tokens 16]
+                                           [--gen-tokens 64]
 """
 
 from __future__ import annotations
@@ -33,6 +37,22 @@ IMAGE_GRID = (1, 28, 28)  # a 448x448 image: 28x28 patches, 196 merged tokens
 
 def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _sync(device: str) -> None:
+    """Wait for queued GPU work, so that a time.perf_counter() read after it covers that work."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _memory(out: dict, device: str) -> None:
+    out["peak_rss_gib"] = _rss_gib()
+    if device == "cuda":
+        import torch
+
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 1024**3
 
 
 def _inputs(cfg, seed: int = 0):
@@ -62,7 +82,8 @@ def run_ours(ckpt: str, args) -> dict:
     from qwen3vl.engine.sampling import SamplingParams
     from qwen3vl.engine.sequence import MediaItem
 
-    model = qwen3vl.load_model(ckpt, dtype=torch.bfloat16)
+    dev = args.device
+    model = qwen3vl.load_model(ckpt, dtype=torch.bfloat16, device=dev)  # the engine runs on the model's device
     cfg = model.config
     inp = _inputs(cfg)
     eng = Engine(model, eos_token_ids=[], config=EngineConfig(kv_cache_bytes=1024**3,  # ~9000 tokens: enough
@@ -71,6 +92,7 @@ def run_ours(ckpt: str, args) -> dict:
     out = {}
 
     def ttft_and_total(rid, ids, media, max_tokens):
+        _sync(dev)
         t0 = time.perf_counter()
         (seq,) = eng.add_request(rid, ids, SamplingParams(max_tokens=max_tokens, **greedy), media,
                                  ["image"] * len(media))
@@ -78,7 +100,9 @@ def run_ours(ckpt: str, args) -> dict:
         while eng.has_work():
             eng.step()
             if first is None and seq.output_ids:
+                _sync(dev)
                 first = time.perf_counter() - t0
+        _sync(dev)
         return first, time.perf_counter() - t0, seq
 
     # warm-up
@@ -86,7 +110,7 @@ def run_ours(ckpt: str, args) -> dict:
     # (a) decode
     first, total, _ = ttft_and_total("decode", inp["decode_prompt"], [], args.decode_tokens + 1)
     out["decode_s_per_token"] = (total - first) / args.decode_tokens
-    # (b) image TTFT, (d) second turn on the same image
+    # (b) image TTFT, (d) second turn on the same image; pixels stay on the host: the runner moves them
     item = MediaItem("img-0", IMAGE_GRID, inp["image_offset"], 196, inp["pixels"])
     first, _, seq = ttft_and_total("img", inp["image_prompt"], [item], 8)
     out["image_ttft_s"] = first
@@ -96,13 +120,15 @@ def run_ours(ckpt: str, args) -> dict:
     # (c) throughput with 8 and 32 concurrent requests
     for n in (8, 32):
         eng.runner.vision_cache.items.clear()
+        _sync(dev)
         t0 = time.perf_counter()
         seqs = [eng.add_request(f"tp{n}-{i}", p, SamplingParams(max_tokens=args.gen_tokens, **greedy))[0]
                 for i, p in enumerate(inp["mixed"][:n])]
         eng.run_until_done()
+        _sync(dev)
         dt = time.perf_counter() - t0
         out[f"throughput_{n}_tok_s"] = sum(len(s.output_ids) for s in seqs) / dt
-    out["peak_rss_gib"] = _rss_gib()
+    _memory(out, dev)
     return out
 
 
@@ -111,8 +137,9 @@ def run_reference(ckpt: str, args) -> dict:
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
+    dev = args.device
     model = Qwen3VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.bfloat16,
-                                                            attn_implementation="sdpa").eval()
+                                                            attn_implementation="sdpa").eval().to(dev)
     cfg = model.config
     inp = _inputs(type("C", (), {"vision_start_token_id": cfg.vision_start_token_id,
                                  "image_token_id": cfg.image_token_id,
@@ -128,13 +155,16 @@ def run_reference(ckpt: str, args) -> dict:
             mask[i, width - len(r):] = 1
         kw = {}
         if pixels is not None:
-            kw = {"pixel_values": pixels, "image_grid_thw": torch.tensor([IMAGE_GRID]),
-                  "mm_token_type_ids": (ids == cfg.image_token_id).long()}
+            kw = {"pixel_values": pixels.to(dev), "image_grid_thw": torch.tensor([IMAGE_GRID], device=dev),
+                  "mm_token_type_ids": (ids == cfg.image_token_id).long().to(dev)}
+        ids, mask = ids.to(dev), mask.to(dev)
+        _sync(dev)
         t0 = time.perf_counter()
         with torch.no_grad():
             res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
                                  do_sample=False, pad_token_id=0, **kw)
-        return time.perf_counter() - t0, res[:, width:]
+        _sync(dev)
+        return time.perf_counter() - t0, res[:, width:].cpu()
 
     gen([inp["decode_prompt"][:8]], 2)  # warm-up
     t1, _ = gen([inp["decode_prompt"]], 1)
@@ -147,14 +177,24 @@ def run_reference(ckpt: str, args) -> dict:
     out["second_turn_ttft_s"], _ = gen([turn2], 1, inp["pixels"])
     dt, res = gen(inp["mixed"][:8], args.gen_tokens)
     out["throughput_8_tok_s"] = res.numel() / dt
-    out["peak_rss_gib"] = _rss_gib()
+    _memory(out, dev)
     return out
 
 
 # ------------------------------------------------------------------------------------------------------ driver
-def bandwidth_gbs() -> float:
+def bandwidth_gbs(device: str = "cpu") -> float:
+    """Memory-read bandwidth of the device the benchmark runs on: summing a 1 GiB float32 tensor."""
     import torch
 
+    if device == "cuda":
+        a = torch.empty(256 * 1024**2, dtype=torch.float32, device="cuda").normal_()  # 1 GiB on the GPU
+        a.sum()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            a.sum()
+        torch.cuda.synchronize()
+        return 20 * a.numel() * 4 / (time.perf_counter() - t0) / 1e9
     a = torch.empty(256 * 1024**2, dtype=torch.float32).normal_()  # 1 GiB
     a.sum()
     t0 = time.perf_counter()
@@ -186,6 +226,7 @@ def child(side: str, ckpt: str, args, result_path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default="/tmp/qwen3vl-bench-2b")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both sides run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--gen-tokens", type=int, default=64)
@@ -194,10 +235,14 @@ def main() -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_generate.py: --device cuda, but torch.cuda.is_available() is False "
+                 f"(no NVIDIA GPU or driver visible; torch {torch.__version__}, built with CUDA {torch.version.cuda})")
     if args.child:
         child(args.child, args.ckpt, args, args.result)
         return
-    import torch
 
     torch.set_num_threads(args.threads)
     if not (Path(args.ckpt) / "config.json").exists():
@@ -211,12 +256,12 @@ def main() -> None:
             path = f.name
         t0 = time.perf_counter()
         cmd = [sys.executable, __file__, "--child", side, "--result", path, "--ckpt", args.ckpt,
-               "--threads", str(args.threads), "--decode-tokens", str(args.decode_tokens),
+               "--device", args.device, "--threads", str(args.threads), "--decode-tokens", str(args.decode_tokens),
                "--gen-tokens", str(args.gen_tokens), "--max-batch-tokens", str(args.max_batch_tokens)]
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         results[side] = json.loads(Path(path).read_text())
         print(f"{side}: {json.dumps(results[side])} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    bw = bandwidth_gbs()
+    bw = bandwidth_gbs(args.device)
     floor = decode_weight_bytes(args.ckpt) / (bw * 1e9)
     ours, ref = results.get("ours", {}), results.get("reference", {})
 
@@ -235,7 +280,13 @@ def main() -> None:
                                        "of our first turn"),
         ("(e) peak RSS (GiB)", "peak_rss_gib", ratio("peak_rss_gib")),
     ]
-    print(f"\nmachine: {os.cpu_count()} cores, torch threads {args.threads}; memory read bandwidth {bw:.1f} GB/s")
+    if "peak_gpu_gib" in ours or "peak_gpu_gib" in ref:
+        rows.append(("(e) peak GPU memory (GiB)", "peak_gpu_gib", ratio("peak_gpu_gib")))
+    if args.device == "cuda":
+        print(f"\nmachine: {torch.cuda.get_device_name(0)}, {os.cpu_count()} cores, torch threads {args.threads}; "
+              f"GPU memory read bandwidth {bw:.1f} GB/s")
+    else:
+        print(f"\nmachine: {os.cpu_count()} cores, torch threads {args.threads}; memory read bandwidth {bw:.1f} GB/s")
     print(f"decode floor: {decode_weight_bytes(args.ckpt) / 1e9:.2f} GB of weights per step / {bw:.1f} GB/s "
           f"= {floor:.3f} s/token; ours is {ours.get('decode_s_per_token', 0) / floor:.2f}x the floor\n")
     print("| measure | ours | transformers | ours / transformers |")
