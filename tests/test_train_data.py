@@ -105,6 +105,30 @@ def test_a_pool_of_workers_serves_the_single_process_sequence(proc, jsonl):
         batch_loader(bb, -1)
 
 
+def test_bf16_pixels_change_nothing_under_bf16_autocast(proc, tmp_path_factory):
+    """Batches carry bf16 pixel values when the run trains under bf16 autocast (half the bytes to move); the loss and
+    every gradient must be bitwise what float32 pixels give, since the patch embedding rounds its input to bf16."""
+    from qwen3vl.model.qwen3vl import load_model
+    from qwen3vl.train.loss import loss_sum
+    from qwen3vl.train.testing import write_tiny_base
+
+    model = load_model(write_tiny_base(tmp_path_factory.mktemp("m")), dtype=torch.float32).requires_grad_(True)
+    src = SyntheticSource(seed=4, tasks=("color_shape", "video_time"), config=tiny_synthetic_config())
+    results = []
+    for dtype in (None, torch.bfloat16):
+        bb = BucketedBatches(src, proc, batch_size=2, window_batches=1, pixel_dtype=dtype)
+        batch = next(iter(bb))
+        assert batch.inputs["pixel_values"].dtype == (dtype or torch.float32)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            s, _ = loss_sum(model, batch)
+        s.backward()
+        results.append((s.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (a, grads_a), (b, grads_b) = results
+    assert torch.equal(a, b) and len(grads_a) == len(grads_b) > 0
+    assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
+
+
 def test_max_length_cuts_text_but_never_media(proc):
     text = Conversation([{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "x" * 50}])
     full = prepare(proc, text)

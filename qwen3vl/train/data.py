@@ -168,8 +168,12 @@ class BucketedBatches(torch.utils.data.IterableDataset):
     batch `start` (set it, or pass it, before building the iterator)."""
 
     def __init__(self, source: Source, processor, batch_size: int, *, window_batches: int = 8, seed: int = 0,
-                 shuffle: bool = True, max_length: int | None = None, start: int = 0):
+                 shuffle: bool = True, max_length: int | None = None, start: int = 0,
+                 pixel_dtype: torch.dtype | None = None):
         super().__init__()
+        # bfloat16 under bf16 autocast: exact (the patch embedding's matmul rounds its input to bf16 anyway) and half
+        # the bytes to move between processes and to the GPU
+        self.pixel_dtype = pixel_dtype
         if batch_size <= 0 or window_batches <= 0:
             raise ValueError(f"batch_size ({batch_size}) and window_batches ({window_batches}) must be positive")
         self.source, self.processor = source, processor
@@ -223,8 +227,14 @@ class BucketedBatches(torch.utils.data.IterableDataset):
 
     def serve(self, epoch: int, window: int, offset: int, before: int) -> list[Batch]:
         """One `plan` entry's batches, collated."""
-        return [collate(self.processor, b, before + i + 1)
-                for i, b in enumerate(self._window(epoch, window)[offset:])]
+        batches = [collate(self.processor, b, before + i + 1)
+                   for i, b in enumerate(self._window(epoch, window)[offset:])]
+        if self.pixel_dtype is not None:
+            for b in batches:
+                for key in ("pixel_values", "pixel_values_videos"):
+                    if key in b.inputs:
+                        b.inputs[key] = b.inputs[key].to(self.pixel_dtype)
+        return batches
 
     def __iter__(self) -> Iterator[Batch]:
         for task in self.plan():

@@ -228,7 +228,7 @@ def train_sft(cfg: SFTConfig, source: Source | None = None, eval_source: Source 
     model.train()
 
     batches = BucketedBatches(source, processor, cfg.batch_size, window_batches=cfg.window_batches, seed=cfg.seed,
-                              max_length=cfg.max_length)
+                              max_length=cfg.max_length, pixel_dtype=torch.bfloat16 if cfg.bf16 else None)
     steps = total_steps(cfg, batches)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, steps, cfg.min_lr_ratio)
