@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 _SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                   "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "n", "logprobs",
-                  "json_mode", "json_schema", "forced_tool_calls", "adapter", "logit_bias")
+                  "prompt_logprobs", "json_mode", "json_schema", "forced_tool_calls", "adapter", "logit_bias")
 _MEDIA_KEYS = ("min_pixels", "max_pixels", "fps", "max_frames", "min_frames", "total_pixels")
 
 
@@ -66,6 +66,8 @@ class ChatResult:
     choices: list[Choice]
     usage: Usage
     prompt_token_ids: list[int] = field(default_factory=list)
+    # with prompt_logprobs=k: per prompt token, None for the first, then (logprob, top k [(id, logprob)] or None)
+    prompt_logprobs: list | None = None
 
     def __getattr__(self, name: str):
         if name in Choice.__dataclass_fields__:
@@ -237,7 +239,8 @@ class LLM:
 
     def _result(self, seqs: list[Sequence], prompt_len: int, tools: Any, prompt_ids: list[int]) -> ChatResult:
         choices = [self.finish_choice(s, tools) for s in seqs]
-        return ChatResult(choices, Usage(prompt_len, sum(len(c.token_ids) for c in choices)), prompt_ids)
+        scored = [None, *seqs[0].prompt_logprobs] if seqs[0].params.prompt_logprobs is not None else None
+        return ChatResult(choices, Usage(prompt_len, sum(len(c.token_ids) for c in choices)), prompt_ids, scored)
 
     # ------------------------------------------------------------------ public API
     def chat(self, messages: Any, *, tools: Any = None, add_vision_id: bool = False, tool_choice: str | None = None,

@@ -183,6 +183,31 @@ def test_local_files_outside_the_allowed_folder_are_refused(client, media_dir, t
             {"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(link)}}]}])
 
 
+def test_completions_echo_scores_the_prompt(client, reference):
+    """lm-evaluation-harness's loglikelihood request (token ids, echo, logprobs=1, max_tokens=1): one logprob entry
+    per prompt token (the first None) and one for the new token, each prompt entry what the engine's
+    `prompt_logprobs` gives (checked against transformers in test_engine_prompt_logprobs.py)."""
+    from qwen3vl.engine.sampling import SamplingParams
+
+    ids = reference.tokenizer.encode("<|im_start|>user\nOnce upon a time")  # a special token among them
+    r = client.completions.create(model="tiny", prompt=ids, echo=True, logprobs=1, max_tokens=1, temperature=0)
+    c = r.choices[0]
+    assert c.text.startswith(reference.tokenizer.decode(ids)) and c.text.startswith("<|im_start|>user")
+    lp = c.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    (seq,) = reference.engine.add_request("echo-check", ids, SamplingParams(max_tokens=1, temperature=0,
+                                                                             prompt_logprobs=1))
+    reference.engine.run_until_done()
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx([e[0] for e in seq.prompt_logprobs], abs=1e-5)
+    assert all(len(top) == 1 for top in lp.top_logprobs[1:])
+    assert lp.text_offset[:3] == [0, len(lp.tokens[0]), len(lp.tokens[0]) + len(lp.tokens[1])]
+    plain = client.completions.create(model="tiny", prompt="Once upon a time", echo=True, max_tokens=4, temperature=0)
+    assert plain.choices[0].text.startswith("Once upon a time") and plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError, match="echo"):
+        client.completions.create(model="tiny", prompt="hi", echo=True, stream=True, max_tokens=1)
+
+
 def test_completions_endpoint(client, reference):
     r = client.completions.create(model="tiny", prompt="Once upon a time", temperature=0, max_tokens=8)
     ids = reference.tokenizer.encode("Once upon a time")

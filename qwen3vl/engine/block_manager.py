@@ -80,11 +80,14 @@ class BlockManager:
         """
         assert not seq.block_table
         hashes = self.block_hashes(seq, num_tokens) if self.prefix_cache else []
+        # prompt logprobs need the logits of every prompt position not yet scored: reuse no block past those
+        scored = len(seq.prompt_logprobs) if seq.params.prompt_logprobs is not None else num_tokens
         cached = 0
         table: list[int] = []
         for h in hashes:
             block = self.by_hash.get(h)
-            if block is None or (len(table) + 1) * self.block_size >= num_tokens:
+            end = (len(table) + 1) * self.block_size
+            if block is None or end >= num_tokens or end > scored:
                 break
             if self.ref[block] == 0:
                 self.free.pop(block)

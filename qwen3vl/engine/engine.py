@@ -20,7 +20,7 @@ from qwen3vl.engine.block_manager import BlockManager
 from qwen3vl.engine.constrain import JsonConstraint
 from qwen3vl.engine.schema import compile_schema
 from qwen3vl.engine.tool_constraint import ToolCallConstraint
-from qwen3vl.engine.runner import KVCache, ModelRunner
+from qwen3vl.engine.runner import KVCache, ModelRunner, assign_prompt_logprobs
 from qwen3vl.engine.sampling import SamplingParams, sample
 from qwen3vl.engine.scheduler import Scheduler
 from qwen3vl.engine.sequence import MediaItem, Sequence, Status
@@ -183,6 +183,7 @@ class Engine:
                 return [StepOutput(seq, [], True)]
             return []
         logits = self.runner.execute(chunks)
+        assign_prompt_logprobs(chunks, self.runner.scores)
         self.stats["steps"] += 1
         outputs: list[StepOutput] = []
         row = 0

@@ -15,7 +15,7 @@ same image across turns or requests, or a long prompt prefilled in several chunk
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -165,6 +165,7 @@ class ModelRunner:
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.merge = model.config.vision_config.spatial_merge_size
         self.adapters = AdapterSet(model)  # LoRA adapters chosen per request (SamplingParams.adapter)
+        self.scores: list = []  # the last step's prompt scores (`assign_prompt_logprobs`)
 
     def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
         pos = torch.arange(start, end)
@@ -214,6 +215,9 @@ class ModelRunner:
         vis_rows: list[tuple[str, int, int]] = []
         vis_index: list[int] = []
         sample_rows: list[int] = []
+        score_rows: list[int] = []
+        score_targets: list[int] = []
+        score_top = 0
         adapter_rows: list[tuple[int, int]] = []  # (adapter id, tokens), per chunk
         for c in chunks:
             seq, q_start = c.seq, len(ids)
@@ -229,11 +233,16 @@ class ModelRunner:
                 vis_index.extend(range(q_start + lo - c.start, q_start + hi - c.start))
             if c.samples:
                 sample_rows.append(len(ids) - 1)
+            for j in score_positions(c):
+                score_rows.append(q_start + j - c.start)
+                score_targets.append(seq.prompt_ids[j + 1])
+                score_top = max(score_top, seq.params.prompt_logprobs)
         return StepInputs(ids=torch.tensor(ids, dtype=torch.long),
                           positions=torch.from_numpy(np.concatenate(positions, axis=1)),
                           new_slots=torch.cat(new_slots), seqs=attn, vis_rows=vis_rows,
                           vis_index=torch.tensor(vis_index, dtype=torch.long), sample_rows=sample_rows,
-                          encode=self._vision_work(chunks), adapters=_token_adapters(adapter_rows))
+                          encode=self._vision_work(chunks), adapters=_token_adapters(adapter_rows),
+                          score_rows=score_rows, score_targets=score_targets, score_top=score_top)
 
     @torch.inference_mode()
     def run(self, inputs: "StepInputs") -> torch.Tensor:
@@ -260,14 +269,51 @@ class ModelRunner:
             hidden = self.model.decode(x, pos, backend, visual_mask, deepstack)
         finally:
             self.adapters.end()
+        self.scores = self._score(hidden[0], inputs) if inputs.score_rows else []
         if not inputs.sample_rows:
             return torch.empty(0, self.model.config.text_config.vocab_size)
         rows = hidden[0, torch.tensor(inputs.sample_rows, device=dev)]
         return self.model.logits(rows).float()
 
+    def _score(self, hidden: torch.Tensor, inputs: "StepInputs", rows_per_call: int = 256) -> list:
+        """(logprob, top alternatives or None) of each scored prompt token under the raw distribution; the LM head
+        runs on `rows_per_call` rows at a time, so a long prompt never holds (T, V) logits at once."""
+        out = []
+        targets = torch.tensor(inputs.score_targets, device=hidden.device)
+        rows = torch.tensor(inputs.score_rows, device=hidden.device)
+        for a in range(0, len(inputs.score_rows), rows_per_call):
+            lp = self.model.logits(hidden[rows[a:a + rows_per_call]]).float().log_softmax(-1)
+            chosen = lp.gather(1, targets[a:a + rows_per_call, None])[:, 0].tolist()
+            if inputs.score_top:
+                vals, ids = lp.topk(inputs.score_top)
+                tops = [list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist())]
+            else:
+                tops = [None] * len(chosen)
+            out += list(zip(chosen, tops))
+        return out
+
     def execute(self, chunks: list[Chunk]) -> torch.Tensor:
         """Run one step; returns float32 logits (number of sampling chunks, V) in chunk order."""
         return self.run(self.prepare(chunks))
+
+
+def score_positions(c: Chunk) -> range:
+    """The positions j of chunk c whose logits score prompt token j + 1 (prompt logprobs), each scored once: a chunk
+    recomputed after preemption does not score again what an earlier step did."""
+    seq = c.seq
+    if seq.params.prompt_logprobs is None:
+        return range(0)
+    return range(max(c.start, len(seq.prompt_logprobs)), min(c.end, seq.num_prompt - 1))
+
+
+def assign_prompt_logprobs(chunks: list[Chunk], scores: list) -> None:
+    """Hand a step's prompt scores (in `prepare`'s order) to their sequences."""
+    at = 0
+    for c in chunks:
+        n = len(score_positions(c))
+        if n:
+            c.seq.prompt_logprobs.extend(scores[at:at + n])
+            at += n
 
 
 @dataclass
@@ -283,6 +329,9 @@ class StepInputs:
     sample_rows: list[int]  # token index whose logits are returned, per sampling chunk
     encode: list[tuple[str, tuple, torch.Tensor]]  # media to run through the ViT this step
     adapters: torch.Tensor | None = None  # (T,) LoRA adapter id per token (0: none); None when no token has one
+    score_rows: list[int] = field(default_factory=list)  # token index whose logits score the next prompt token
+    score_targets: list[int] = field(default_factory=list)  # that next prompt token
+    score_top: int = 0  # top alternatives to report per scored token
 
 
 def _token_adapters(rows: list[tuple[int, int]]) -> torch.Tensor | None:

@@ -33,6 +33,9 @@ class SamplingParams:
     min_tokens: int = 0
     n: int = 1
     logprobs: int | None = None  # how many top alternatives to report per token (0: only the chosen one)
+    # the prompt's tokens too (vLLM's prompt_logprobs): each prompt token after the first, scored by the model's raw
+    # distribution, with this many top alternatives; such a prompt is computed in full (no prefix-cache reuse)
+    prompt_logprobs: int | None = None
     json_mode: bool = False  # constrain the answer to one valid JSON object (engine/constrain.py)
     json_schema: dict | bool | None = None  # constrain it to a document valid against this schema (engine/schema.py)
     forced_tool_calls: Any = None  # tool_constraint.ForcedCalls: the answer is tool calls valid against their schemas
@@ -63,6 +66,8 @@ class SamplingParams:
             bad("n", "must be an integer >= 1")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             bad("logprobs", "must be in [0, 20]")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
+            bad("prompt_logprobs", "must be in [0, 20]")
         if self.min_tokens < 0:
             bad("min_tokens", "must be >= 0")
         if self.logit_bias is not None:

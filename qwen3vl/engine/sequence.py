@@ -59,6 +59,7 @@ class Sequence:
     generator: Any = None
     arrival: float = 0.0
     logprobs: list = field(default_factory=list)
+    prompt_logprobs: list = field(default_factory=list)  # (logprob, top) of prompt tokens 1.. (params.prompt_logprobs)
     stop_text: str | None = None
     block_hashes: list = field(default_factory=list)  # memo for BlockManager.block_hashes
     constraint: Any = None  # JSON mode: a constrain.JsonConstraint

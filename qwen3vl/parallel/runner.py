@@ -72,6 +72,10 @@ class BroadcastRunner:
     def cache(self):
         return self.runner.cache
 
+    @property
+    def scores(self):
+        return self.runner.scores
+
     def prepare(self, chunks):
         return self.runner.prepare(chunks)
 

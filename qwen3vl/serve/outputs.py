@@ -107,6 +107,21 @@ def completion_logprobs(llm: LLM, ids: list[int], lps: list, offset: int = 0) ->
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
+def echoed_logprobs(llm: LLM, seq: Sequence) -> dict[str, Any]:
+    """The echoed prompt's part of a completion's logprobs: every prompt token (special ones too, so entry k is
+    prompt token k), the first with logprob None, as the legacy completions API gives them with `echo`."""
+    scored = [None, *seq.prompt_logprobs]
+    tokens, values, tops, offsets, offset = [], [], [], [], 0
+    for tid, entry in zip(seq.prompt_ids, scored):
+        text, _ = _token(llm, tid)
+        tokens.append(text)
+        values.append(None if entry is None else _finite(entry[0]))
+        tops.append({_token(llm, a)[0]: _finite(v) for a, v in entry[1]} if entry is not None and entry[1] else None)
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
 class _LogprobCursor:
     """Hands out each token's logprob once, as a stream goes."""
 
@@ -255,8 +270,8 @@ def check_json(text: str, objects_only: bool = True) -> tuple[str, str | None]:
 class TextChoice:
     """A plain completion: the decoded text up to a stop string, no parsing."""
 
-    def __init__(self, llm: LLM, seq: Sequence, index: int, stream: bool):
-        self.llm, self.seq, self.index = llm, seq, index
+    def __init__(self, llm: LLM, seq: Sequence, index: int, stream: bool, echo: bool = False):
+        self.llm, self.seq, self.index, self.echo = llm, seq, index, echo
         self.decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=True) if stream else None
         self.hold = max(seq.params.longest_stop - 1, 0)
         self.sent = ""
@@ -286,8 +301,12 @@ class TextChoice:
             if seq.stop_text is not None and seq.stop_text in text:
                 text = text[:text.index(seq.stop_text)]
             lps = None
+            head = self.llm.tokenizer.decode(seq.prompt_ids) if self.echo else ""
             if seq.params.logprobs is not None:
-                lps = completion_logprobs(self.llm, list(seq.output_ids), list(seq.logprobs))
+                lps = completion_logprobs(self.llm, list(seq.output_ids), list(seq.logprobs), offset=len(head))
+                if self.echo:
+                    lps = {k: v + lps[k] for k, v in echoed_logprobs(self.llm, seq).items()}
+            text = head + text
             self._result = ChoiceResult(self.index, text, None, [], seq.finish_reason or "length", lps,
                                         len(seq.output_ids))
         return self._result

@@ -191,6 +191,6 @@ def completion_job(llm: LLM, req: CompletionRequest, params: SamplingParams) -> 
                                   "(send media to /v1/chat/completions)", "prompt")
             _check_length(llm, len(ids))
             out.append(EnginePrompt(ids))
-        return Job(out, params, lambda seq, i: TextChoice(llm, seq, i, stream), stream)
+        return Job(out, params, lambda seq, i: TextChoice(llm, seq, i, stream, echo=req.echo), stream)
 
     return build

@@ -161,11 +161,13 @@ class CompletionRequest(_Sampling):
     def sampling(self) -> dict[str, Any]:
         out = super().sampling()
         out["logprobs"] = self.logprobs
+        if self.echo and self.logprobs is not None:  # the echoed prompt's tokens get logprobs too
+            out["prompt_logprobs"] = self.logprobs
         return out
 
     def check(self) -> None:
-        if self.echo:
-            raise bad_request("echo is not supported by this server", "echo")
+        if self.echo and self.stream:
+            raise bad_request("echo is supported without stream only", "echo")
         if self.suffix:
             raise bad_request("suffix is not supported by this server", "suffix")
         if self.best_of is not None and self.best_of != self.n:
