@@ -161,6 +161,7 @@ def test_greedy_tokens_equal_single_process(folders, kind):
 
     single = qwen3vl.LLM(folders[kind], **ENGINE)
     expected = _greedy(single)
+    scored = single.chat(_messages(), max_tokens=1, temperature=0, prompt_logprobs=2).prompt_logprobs
     threads = torch.get_num_threads()
     if kind == "dense":  # through the CLI path `qwen3vl serve --tensor-parallel-size 2` uses
         llm = build_llm(_serve_args(folders[kind], 2))
@@ -170,6 +171,10 @@ def test_greedy_tokens_equal_single_process(folders, kind):
         assert llm._parallel is not None
         workers = list(llm._parallel.workers)
         assert _greedy(llm) == expected
+        split = llm.chat(_messages(), max_tokens=1, temperature=0, prompt_logprobs=2).prompt_logprobs
+        assert len(split) == len(scored) and split[0] is None  # prompt logprobs: every rank runs the scoring
+        assert all(abs(a[0] - b[0]) < 1e-4 and max(abs(x - y) for (_, x), (_, y) in zip(a[1], b[1])) < 1e-4
+                   for a, b in zip(split[1:], scored[1:]))
         assert llm.engine.runner.vision_cache.hits >= 1  # the repeated image came from the cache on every rank
     finally:
         llm.close()
