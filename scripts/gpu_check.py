@@ -130,7 +130,8 @@ def main() -> int:
         for i in range(n):
             pixels = (torch.rand(48 + 16 * (i % 3), 64, 3, generator=rng) * 255).byte().numpy()
             content = [{"type": "image", "image": Image.fromarray(pixels)}] if i % 2 == 0 else []
-            convs.append([{"role": "user", "content": content + [{"type": "text", "text": f"describe {i} " * (i + 1)}]}])
+            text = {"type": "text", "text": f"describe {i} " * (i + 1)}
+            convs.append([{"role": "user", "content": content + [text]}])
         return convs
 
     @check("llm_cuda_vs_cpu")

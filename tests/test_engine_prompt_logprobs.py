@@ -59,6 +59,15 @@ def test_prompt_logprobs_equal_transformers_through_chunked_prefill(pair):
     eng.run_until_done()
     for i, p in enumerate(prompts):
         _check(eng.requests[str(i)][0].prompt_logprobs, p, _reference_logprobs(ref, p))
+    # in one step with a request asking for 3 alternatives, one asking for none gets none, one asking for 1 gets 1
+    for rid, k in (("none", 0), ("one", 1)):
+        eng.add_request(rid, prompts[2].ids, SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=k))
+    eng.add_request("three", prompts[2].ids, SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=3))
+    eng.run_until_done()
+    none, one, three = (eng.requests[r][0].prompt_logprobs for r in ("none", "one", "three"))
+    assert all(top is None for _, top in none) and all(len(top) == 1 for _, top in one)
+    assert [lp for lp, _ in none] == pytest.approx([lp for lp, _ in three], abs=1e-5)
+    assert [[i for i, _ in t[:1]] for _, t in three] == [[i for i, _ in t] for _, t in one]
 
 
 def test_a_cached_prefix_is_scored_again_and_still_serves_others(pair):

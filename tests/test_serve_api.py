@@ -202,6 +202,21 @@ def test_completions_echo_scores_the_prompt(client, reference):
     assert lp.token_logprobs[1:len(ids)] == pytest.approx([e[0] for e in seq.prompt_logprobs], abs=1e-5)
     assert all(len(top) == 1 for top in lp.top_logprobs[1:])
     assert lp.text_offset[:3] == [0, len(lp.tokens[0]), len(lp.tokens[0]) + len(lp.tokens[1])]
+    # a generated special token (forced here) keeps its entry: lm-eval drops the last entry as the new token
+    eos = reference.tokenizer.encode("<|im_end|>")[0]
+    forced = client.completions.create(model="tiny", prompt=ids, echo=True, logprobs=1, max_tokens=1, temperature=0,
+                                       logit_bias={str(eos): 100}).choices[0]
+    assert len(forced.logprobs.tokens) == len(ids) + 1 and forced.logprobs.tokens[-1] == "<|im_end|>"
+    assert forced.logprobs.token_logprobs[:-1] == lp.token_logprobs[:-1]
+    # offsets count characters of the decoded text, also where a character spans several byte tokens
+    text = "héllo wörld ✓ 你好"
+    ids2 = reference.tokenizer.encode(text)
+    r2 = client.completions.create(model="tiny", prompt=ids2, echo=True, logprobs=0, max_tokens=2, temperature=0)
+    offsets = r2.choices[0].logprobs.text_offset
+    # (a token inside a character starts where that character does: decoded prefixes without their partial tail)
+    starts = [len(reference.tokenizer.decode(ids2[:k]).rstrip("\ufffd")) for k in range(len(ids2))]
+    assert offsets[:len(ids2)] == starts
+    assert offsets == sorted(offsets) and offsets[len(ids2)] == len(text) and r2.choices[0].text.startswith(text)
     plain = client.completions.create(model="tiny", prompt="Once upon a time", echo=True, max_tokens=4, temperature=0)
     assert plain.choices[0].text.startswith("Once upon a time") and plain.choices[0].logprobs is None
     with pytest.raises(openai.BadRequestError, match="echo"):

@@ -198,6 +198,8 @@ def test_a_stretch_starts_from_a_trained_model_with_a_worker_pool(tmp_path):
     assert any(not torch.equal(other[k], start[k]) for k in start)
     with pytest.raises(FileNotFoundError, match="init_from"):
         build_demo(replace(stretch, init_from=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="256-px images"):  # its preprocessor files say 256 px: scenes must agree
+        build_demo(replace(stretch, image_size=192))
 
 
 def _shown(frame, color: str, box) -> bool:

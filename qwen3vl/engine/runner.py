@@ -307,12 +307,14 @@ def score_positions(c: Chunk) -> range:
 
 
 def assign_prompt_logprobs(chunks: list[Chunk], scores: list) -> None:
-    """Hand a step's prompt scores (in `prepare`'s order) to their sequences."""
+    """Hand a step's prompt scores (in `prepare`'s order) to their sequences, each with the number of alternatives
+    it asked for (the step computed the largest any asked for)."""
     at = 0
     for c in chunks:
         n = len(score_positions(c))
         if n:
-            c.seq.prompt_logprobs.extend(scores[at:at + n])
+            k = c.seq.params.prompt_logprobs
+            c.seq.prompt_logprobs.extend((lp, top[:k] if k else None) for lp, top in scores[at:at + n])
             at += n
 
 

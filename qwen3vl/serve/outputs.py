@@ -93,32 +93,26 @@ def chat_logprobs(llm: LLM, ids: list[int], lps: list) -> list[dict[str, Any]]:
     return out
 
 
-def completion_logprobs(llm: LLM, ids: list[int], lps: list, offset: int = 0) -> dict[str, Any]:
+def completion_logprobs(llm: LLM, ids: list[int], lps: list, offset: int = 0,
+                        keep_special: bool = False) -> dict[str, Any]:
+    """The legacy completions shape. `text_offset` is where each token's text starts in the decoded text (characters
+    split over byte tokens count once). Special tokens are left out, as from the text, unless `keep_special` (echo:
+    one entry per token, as lm-evaluation-harness counts them)."""
     tokens, values, tops, offsets = [], [], [], []
-    for tid, (lp, top) in zip(ids, lps):
-        if llm.tokenizer.is_special(tid):
+    decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=not keep_special)
+    for tid, entry in zip(ids, lps):
+        if not keep_special and llm.tokenizer.is_special(tid):
             continue
-        text, _ = _token(llm, tid)
-        tokens.append(text)
+        offsets.append(offset + len(decoder.text))
+        decoder.add(tid)
+        tokens.append(_token(llm, tid)[0])
+        if entry is None:  # the first prompt token of an echo: nothing before it to score it
+            values.append(None)
+            tops.append(None)
+            continue
+        lp, top = entry
         values.append(_finite(lp))
         tops.append({_token(llm, a)[0]: _finite(v) for a, v in top} if top else None)
-        offsets.append(offset)
-        offset += len(text)
-    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
-
-
-def echoed_logprobs(llm: LLM, seq: Sequence) -> dict[str, Any]:
-    """The echoed prompt's part of a completion's logprobs: every prompt token (special ones too, so entry k is
-    prompt token k), the first with logprob None, as the legacy completions API gives them with `echo`."""
-    scored = [None, *seq.prompt_logprobs]
-    tokens, values, tops, offsets, offset = [], [], [], [], 0
-    for tid, entry in zip(seq.prompt_ids, scored):
-        text, _ = _token(llm, tid)
-        tokens.append(text)
-        values.append(None if entry is None else _finite(entry[0]))
-        tops.append({_token(llm, a)[0]: _finite(v) for a, v in entry[1]} if entry is not None and entry[1] else None)
-        offsets.append(offset)
-        offset += len(text)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
@@ -303,9 +297,12 @@ class TextChoice:
             lps = None
             head = self.llm.tokenizer.decode(seq.prompt_ids) if self.echo else ""
             if seq.params.logprobs is not None:
-                lps = completion_logprobs(self.llm, list(seq.output_ids), list(seq.logprobs), offset=len(head))
-                if self.echo:
-                    lps = {k: v + lps[k] for k, v in echoed_logprobs(self.llm, seq).items()}
+                lps = completion_logprobs(self.llm, list(seq.output_ids), list(seq.logprobs), offset=len(head),
+                                          keep_special=self.echo)
+                if self.echo:  # every prompt token, special ones too, the first with null: entry i is token i
+                    scored = [None, *seq.prompt_logprobs][:len(seq.prompt_ids)]
+                    prompt = completion_logprobs(self.llm, list(seq.prompt_ids), scored, keep_special=True)
+                    lps = {k: v + lps[k] for k, v in prompt.items()}
             text = head + text
             self._result = ChoiceResult(self.index, text, None, [], seq.finish_reason or "length", lps,
                                         len(seq.output_ids))

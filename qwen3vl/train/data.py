@@ -285,7 +285,9 @@ def _pool_serve(task: tuple[int, int, int, int]) -> list[Batch]:
 
 
 def _pooled(batches: BucketedBatches, num_workers: int, prefetch: int) -> Iterator[Batch]:
-    """Windows in flight on `num_workers` forked processes, `num_workers + prefetch` ahead, collected in plan order."""
+    """Windows in flight on `num_workers` forked processes, collected in plan order. A window is `window_batches`
+    batches, so `prefetch` (in batches) adds ceil(prefetch / window_batches) windows to the `num_workers` in flight;
+    memory holds about that many windows of prepared batches at once."""
     import collections
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -294,7 +296,8 @@ def _pooled(batches: BucketedBatches, num_workers: int, prefetch: int) -> Iterat
                                initargs=(batches,))
     try:
         plan = batches.plan()
-        pending = collections.deque(pool.submit(_pool_serve, next(plan)) for _ in range(num_workers + prefetch))
+        ahead = num_workers + max(1, math.ceil(prefetch * batches.batch_size / batches.window))
+        pending = collections.deque(pool.submit(_pool_serve, next(plan)) for _ in range(ahead))
         while True:
             ready = pending.popleft().result()
             pending.append(pool.submit(_pool_serve, next(plan)))

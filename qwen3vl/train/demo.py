@@ -153,6 +153,10 @@ def build_demo(d: DemoConfig) -> dict:
         init = Path(d.init_from)
         if not (init / "config.json").is_file():
             raise FileNotFoundError(f"init_from: {init} is no model folder (no config.json)")
+        trained = synthetic_config_for(init)  # its preprocessor files come along: the scenes must be its sizes
+        if (trained.image_size, trained.video_size) != (d.image_size, d.video_size):
+            raise ValueError(f"init_from: {init} was trained on {trained.image_size}-px images and "
+                             f"{trained.video_size}-px frames, but this run asks for {d.image_size} and {d.video_size}")
     else:
         tok_dir = work / "tokenizer"
         if not (tok_dir / "tokenizer.json").is_file():
