@@ -178,7 +178,11 @@ def main() -> int:
 
     @check("int8_cuda")
     def int8_cuda():
+        from qwen3vl.model.testing import write_tiny_model
+
         folder = tmp / "tiny"
+        if not (folder / "config.json").is_file():  # (llm_cuda_vs_cpu writes it, unless it failed early)
+            write_tiny_model(folder, sharpen=1.5)
         convs = conversations(4)
         texts = {}
         for device in ("cpu", DEVICE):
