@@ -196,6 +196,11 @@ class BucketedBatches(torch.utils.data.IterableDataset):
         epoch, k = (0, k) if per_epoch is None else divmod(k, per_epoch)
         return epoch, k // per_window, k % per_window
 
+    def window_size(self, window: int) -> int:
+        """How many examples window `window` holds (the last window of a finite epoch may hold fewer)."""
+        n = self.source.num_examples
+        return self.window if n is None else min(self.window, n - window * self.window)
+
     def window_indices(self, epoch: int, window: int) -> list[int]:
         lo = window * self.window
         n = self.source.num_examples
@@ -221,7 +226,7 @@ class BucketedBatches(torch.utils.data.IterableDataset):
         epoch, window, offset = self.locate(k)
         while True:
             yield epoch, window, offset, k
-            k += math.ceil(len(self.window_indices(epoch, window)) / self.batch_size) - offset
+            k += math.ceil(self.window_size(window) / self.batch_size) - offset
             offset = 0
             epoch, window, _ = self.locate(k)
 
