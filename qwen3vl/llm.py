@@ -100,7 +100,9 @@ class LLM:
                  chat_format: str = "auto", media: dict[str, Any] | None = None, allow_remote_media: bool = False,
                  progress: bool = False, tensor_parallel_size: int = 1,
                  lora: str | Path | list[str | Path] | None = None,
-                 lora_modules: dict[str, str | Path] | None = None, quantization: str | None = None):
+                 lora_modules: dict[str, str | Path] | None = None, quantization: str | None = None,
+                 kv_cache_dtype: str = "auto"):
+        from qwen3vl.engine.runner import parse_kv_cache_dtype
         from qwen3vl.model.qwen3vl import load_model
         from qwen3vl.processing.processor import load_processor
         from qwen3vl.weights.hub import resolve_checkpoint
@@ -111,7 +113,8 @@ class LLM:
         config = EngineConfig(block_size=block_size, num_blocks=num_blocks, kv_cache_bytes=int(kv_cache_gb * 1024**3),
                               max_num_seqs=max_num_seqs, max_batch_tokens=max_batch_tokens,
                               max_model_len=max_model_len, enable_prefix_cache=enable_prefix_cache,
-                              vision_cache_bytes=vision_cache_mb * 1024**2)
+                              vision_cache_bytes=vision_cache_mb * 1024**2,
+                              kv_cache_dtype=parse_kv_cache_dtype(kv_cache_dtype))
         adapters = [lora] if isinstance(lora, (str, Path)) else list(lora or [])
         if (adapters or lora_modules) and tensor_parallel_size > 1:
             raise AdapterError("LoRA adapters with tensor_parallel_size > 1 are not supported: merge them into a "

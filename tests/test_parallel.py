@@ -144,13 +144,13 @@ def _greedy(llm) -> tuple[list[int], list[list[int]]]:
 ENGINE = dict(kv_cache_gb=0.01, block_size=4, max_batch_tokens=24)
 
 
-def _serve_args(folder: Path, n: int) -> argparse.Namespace:
+def _serve_args(folder: Path, n: int, *extra: str) -> argparse.Namespace:
     from qwen3vl.serve.cli import add_serve_parser
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", "--model", str(folder), "--tensor-parallel-size", str(n),
-                              "--max-batch-tokens", "24", "--kv-cache-gb", "0.01"])
+                              "--max-batch-tokens", "24", "--kv-cache-gb", "0.01", *extra])
     assert args.tensor_parallel_size == n
     return args
 
@@ -159,16 +159,18 @@ def _serve_args(folder: Path, n: int) -> argparse.Namespace:
 def test_greedy_tokens_equal_single_process(folders, kind):
     from qwen3vl.commands import build_llm
 
-    single = qwen3vl.LLM(folders[kind], **ENGINE)
+    # the dense case also keeps its KV cache in int8 on both sides: each rank rounds its own kv heads
+    kv = "int8" if kind == "dense" else "auto"
+    single = qwen3vl.LLM(folders[kind], kv_cache_dtype=kv, **ENGINE)
     expected = _greedy(single)
     scored = single.chat(_messages(), max_tokens=1, temperature=0, prompt_logprobs=2).prompt_logprobs
     threads = torch.get_num_threads()
     if kind == "dense":  # through the CLI path `qwen3vl serve --tensor-parallel-size 2` uses
-        llm = build_llm(_serve_args(folders[kind], 2))
+        llm = build_llm(_serve_args(folders[kind], 2, "--kv-cache-dtype", "int8"))
     else:
         llm = qwen3vl.LLM(folders[kind], tensor_parallel_size=2, **ENGINE)
     try:
-        assert llm._parallel is not None
+        assert llm._parallel is not None and llm.engine.runner.runner.cache.kv_dtype == kv
         workers = list(llm._parallel.workers)
         assert _greedy(llm) == expected
         split = llm.chat(_messages(), max_tokens=1, temperature=0, prompt_logprobs=2).prompt_logprobs

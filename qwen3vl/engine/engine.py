@@ -43,6 +43,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings, capped by the cache
     enable_prefix_cache: bool = True
     vision_cache_bytes: int = 512 * 1024**2
+    kv_cache_dtype: str = "auto"  # "auto" (the model's dtype), "int8" or "fp8": `runner.KVCache`
 
 
 @dataclass
@@ -68,14 +69,15 @@ class Engine:
         tc = model.config.text_config
         num_blocks = cfg.num_blocks or max(
             2, cfg.kv_cache_bytes // KVCache.bytes_per_block(tc.num_hidden_layers, cfg.block_size,
-                                                             tc.num_key_value_heads, tc.head_dim, model.dtype))
+                                                             tc.num_key_value_heads, tc.head_dim, model.dtype,
+                                                             cfg.kv_cache_dtype))
         self.capacity = num_blocks * cfg.block_size
         self.max_model_len = min(cfg.max_model_len or tc.max_position_embeddings, self.capacity)
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_cache)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_batch_tokens)
         # a runner passed in (tensor parallelism: `qwen3vl.parallel`) was built for `cfg.num_blocks` blocks
         self.runner = runner if runner is not None else ModelRunner(model, num_blocks, cfg.block_size,
-                                                                    cfg.vision_cache_bytes)
+                                                                    cfg.vision_cache_bytes, cfg.kv_cache_dtype)
         # per-request LoRA adapters (None with a tensor-parallel runner: not supported there)
         self.adapters = getattr(self.runner, "adapters", None)
         self.eos_token_ids = set(eos_token_ids)

@@ -101,7 +101,8 @@ def start_tensor_parallel(folder: str | Path, tensor_parallel_size: int, dtype=N
     engine_config.num_blocks = num_blocks_per_rank(cfg, n, dtype, engine_config)
     args = RankArgs(folder=str(folder), world_size=n, dtype=dtype, device_type=device_type,
                     backend="nccl" if device_type == "cuda" else "gloo", num_blocks=engine_config.num_blocks,
-                    block_size=engine_config.block_size, vision_cache_bytes=engine_config.vision_cache_bytes)
+                    block_size=engine_config.block_size, vision_cache_bytes=engine_config.vision_cache_bytes,
+                    kv_cache_dtype=engine_config.kv_cache_dtype)
     if env is not None:
         owns_group = not dist.is_initialized()
         model, runner, control = build_rank(args, rank, local_rank, progress=progress and rank == 0)

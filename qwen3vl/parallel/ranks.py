@@ -41,6 +41,7 @@ class RankArgs:
     num_blocks: int
     block_size: int
     vision_cache_bytes: int
+    kv_cache_dtype: str = "auto"
     init_method: str | None = None  # None: env:// (torchrun)
     threads: int | None = None  # CPU threads per rank
     step_timeout_s: float = STEP_TIMEOUT.total_seconds()
@@ -80,7 +81,7 @@ def num_blocks_per_rank(cfg, n: int, dtype, engine_config) -> int:
     t = cfg.text_config
     target = parse_dtype(dtype, default=parse_dtype(cfg.dtype) if cfg.dtype else torch.float32) or torch.float32
     per_block = KVCache.bytes_per_block(t.num_hidden_layers, engine_config.block_size, local_kv_heads(cfg, n),
-                                        t.head_dim, target)
+                                        t.head_dim, target, engine_config.kv_cache_dtype)
     return max(2, engine_config.kv_cache_bytes // per_block)
 
 
@@ -108,7 +109,7 @@ def build_rank(args: RankArgs, rank: int, local_rank: int, progress: bool = Fals
                          f"is {args.world_size}")
     control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
     model = load_parallel(args.folder, None, args.dtype, device, progress=progress)
-    runner = ModelRunner(model, args.num_blocks, args.block_size, args.vision_cache_bytes)
+    runner = ModelRunner(model, args.num_blocks, args.block_size, args.vision_cache_bytes, args.kv_cache_dtype)
     return model, runner, control
 
 
