@@ -219,8 +219,22 @@ def test_completions_echo_scores_the_prompt(client, reference):
     assert offsets == sorted(offsets) and offsets[len(ids2)] == len(text) and r2.choices[0].text.startswith(text)
     plain = client.completions.create(model="tiny", prompt="Once upon a time", echo=True, max_tokens=4, temperature=0)
     assert plain.choices[0].text.startswith("Once upon a time") and plain.choices[0].logprobs is None
-    with pytest.raises(openai.BadRequestError, match="echo"):
-        client.completions.create(model="tiny", prompt="hi", echo=True, stream=True, max_tokens=1)
+    # streamed: the first chunk opens with the prompt (and its logprobs); the chunks join to the whole answer
+    for kwargs in (dict(prompt=ids2, logprobs=1, max_tokens=3), dict(prompt="Once upon a time", max_tokens=4),
+                   dict(prompt=ids, logprobs=0, max_tokens=1)):
+        whole = client.completions.create(model="tiny", echo=True, temperature=0, **kwargs).choices[0]
+        chunks = [c.choices[0] for c in client.completions.create(model="tiny", echo=True, temperature=0, stream=True,
+                                                                  **kwargs) if c.choices]
+        head = kwargs["prompt"] if isinstance(kwargs["prompt"], str) else reference.tokenizer.decode(kwargs["prompt"])
+        assert chunks[0].text.startswith(head) and whole.text.startswith(head)
+        assert "".join(c.text for c in chunks) == whole.text
+        assert chunks[-1].finish_reason == whole.finish_reason
+        if whole.logprobs is None:
+            assert all(c.logprobs is None for c in chunks)
+            continue
+        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            joined = [x for c in chunks if c.logprobs for x in getattr(c.logprobs, key)]
+            assert joined == getattr(whole.logprobs, key), key
 
 
 def test_completions_endpoint(client, reference):

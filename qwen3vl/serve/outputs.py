@@ -268,25 +268,39 @@ class TextChoice:
         self.llm, self.seq, self.index, self.echo = llm, seq, index, echo
         self.decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=True) if stream else None
         self.hold = max(seq.params.longest_stop - 1, 0)
-        self.sent = ""
+        self.head = llm.tokenizer.decode(seq.prompt_ids) if echo else ""  # echo: the prompt opens the text
+        self.head_sent = not echo  # a stream sends the head with its first piece
+        self.sent = ""  # generated text streamed so far
         self.cursor = _LogprobCursor(seq) if seq.params.logprobs is not None else None
         self._result: ChoiceResult | None = None
+
+    def _prompt_logprobs(self) -> dict[str, list]:
+        """Echo: every prompt token, special ones too, the first with null (entry i is token i)."""
+        seq = self.seq
+        scored = [None, *seq.prompt_logprobs][:len(seq.prompt_ids)]
+        return completion_logprobs(self.llm, list(seq.prompt_ids), scored, keep_special=True)
 
     def _logprobs(self) -> dict | None:
         if self.cursor is None:
             return None
-        return completion_logprobs(self.llm, *self.cursor.take(), offset=len(self.sent))
+        return completion_logprobs(self.llm, *self.cursor.take(), offset=len(self.head) + len(self.sent),
+                                   keep_special=self.echo)
 
     def advance(self, out: StepOutput) -> ChoiceDelta | None:
-        lps = self._logprobs()
+        head, lps = "", self._logprobs()
+        if not self.head_sent:  # the first piece of an echo stream: the prompt and its logprobs before the rest
+            self.head_sent, head = True, self.head
+            if lps is not None:
+                lps = {k: v + lps[k] for k, v in self._prompt_logprobs().items()}
         if out.finished:
             res = self.result()
-            return ChoiceDelta(self.index, _rest(res.text, self.sent), logprobs=lps, finish_reason=res.finish_reason)
+            return ChoiceDelta(self.index, head + _rest(res.text, self.head + self.sent), logprobs=lps,
+                               finish_reason=res.finish_reason)
         self.decoder.add(out.new_tokens)
         full = self.decoder.text
         piece = full[len(self.sent):max(len(self.sent), len(full) - self.hold)]
         self.sent += piece
-        return ChoiceDelta(self.index, piece, logprobs=lps) if piece or lps else None
+        return ChoiceDelta(self.index, head + piece, logprobs=lps) if head or piece or lps else None
 
     def result(self) -> ChoiceResult:
         if self._result is None:
@@ -295,15 +309,12 @@ class TextChoice:
             if seq.stop_text is not None and seq.stop_text in text:
                 text = text[:text.index(seq.stop_text)]
             lps = None
-            head = self.llm.tokenizer.decode(seq.prompt_ids) if self.echo else ""
             if seq.params.logprobs is not None:
-                lps = completion_logprobs(self.llm, list(seq.output_ids), list(seq.logprobs), offset=len(head),
+                lps = completion_logprobs(self.llm, list(seq.output_ids), list(seq.logprobs), offset=len(self.head),
                                           keep_special=self.echo)
-                if self.echo:  # every prompt token, special ones too, the first with null: entry i is token i
-                    scored = [None, *seq.prompt_logprobs][:len(seq.prompt_ids)]
-                    prompt = completion_logprobs(self.llm, list(seq.prompt_ids), scored, keep_special=True)
-                    lps = {k: v + lps[k] for k, v in prompt.items()}
-            text = head + text
+                if self.echo:
+                    lps = {k: v + lps[k] for k, v in self._prompt_logprobs().items()}
+            text = self.head + text
             self._result = ChoiceResult(self.index, text, None, [], seq.finish_reason or "length", lps,
                                         len(seq.output_ids))
         return self._result

@@ -166,8 +166,6 @@ class CompletionRequest(_Sampling):
         return out
 
     def check(self) -> None:
-        if self.echo and self.stream:
-            raise bad_request("echo is supported without stream only", "echo")
         if self.suffix:
             raise bad_request("suffix is not supported by this server", "suffix")
         if self.best_of is not None and self.best_of != self.n:
