@@ -283,13 +283,16 @@ def test_eval_synthetic_runs_the_demo_model_quantized(monkeypatch, capsys, tmp_p
 
     monkeypatch.setattr(qwen3vl.llm, "LLM", recording)
     assert main(["eval", "synthetic", "--seed", "4242", "--n", "10", "--dtype", "bfloat16", "-q", "int8",
-                 "--no-progress"]) == 0
+                 "--kv-cache-dtype", "int8", "--no-progress"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     (kwargs, llm), = made
     assert kwargs["quantization"] == "int8" and llm.model.dtype == torch.bfloat16
+    assert kwargs["kv_cache_dtype"] == "int8" and llm.engine.runner.cache.kv_dtype == "int8"
     assert isinstance(llm.model.lm_head, Int8Linear)
     data = tmp_path / "d.jsonl"
     data.write_text("")
     assert main(["eval", str(data), "-q", "int8"]) == 2  # a dataset: refused, with the way to do it
     assert "serve the model" in capsys.readouterr().err
+    assert main(["eval", str(data), "--kv-cache-dtype", "fp8"]) == 2
+    assert "--kv-cache-dtype are for" in capsys.readouterr().err

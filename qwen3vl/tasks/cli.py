@@ -255,11 +255,11 @@ def agent(task: str, *, url: str, model: str | None = None, endpoint: str | None
 def run_eval(file: str, *, model: str | None = None, endpoint: str | None = None, served_model: str = "default",
              out: str | None = None, limit: int | None = None, max_tokens: int = 1024, progress: bool = True,
              seed: int | None = None, n: int = 200, dtype: str | None = None,
-             quantization: str | None = None) -> int:
+             quantization: str | None = None, kv_cache_dtype: str | None = None) -> int:
     """Score a backend on a JSONL dataset; print the table and write per-record rows to `out`.
 
     `file == "synthetic"` (and no such file) scores the demo tasks on fresh scenes instead: `run_synthetic_eval`
-    (`dtype` and `quantization` are for it)."""
+    (`dtype`, `quantization` and `kv_cache_dtype` are for it)."""
     from qwen3vl.tasks.eval.runner import evaluate, load_dataset
 
     if file == SYNTHETIC and not Path(file).exists():
@@ -267,12 +267,12 @@ def run_eval(file: str, *, model: str | None = None, endpoint: str | None = None
             raise ValueError("eval synthetic runs a local model (--model PATH, default: the bundled demo model); "
                              "--endpoint is not supported for it")
         return run_synthetic_eval(seed, n, model=model, out=out, progress=progress, dtype=dtype or "float32",
-                                  quantization=quantization)
+                                  quantization=quantization, kv_cache_dtype=kv_cache_dtype or "auto")
     if seed is not None:
         raise ValueError("--seed is for `qwen3vl eval synthetic`; a JSONL dataset is scored as it is")
-    if dtype is not None or quantization is not None:
-        raise ValueError("--dtype / --quantization are for `qwen3vl eval synthetic`; for a dataset, serve the model "
-                         "with them (qwen3vl serve -q int8 ...) and pass --endpoint")
+    if dtype is not None or quantization is not None or kv_cache_dtype is not None:
+        raise ValueError("--dtype / --quantization / --kv-cache-dtype are for `qwen3vl eval synthetic`; for a "
+                         "dataset, serve the model with them (qwen3vl serve -q int8 ...) and pass --endpoint")
 
     records = load_dataset(file, limit=limit)
     backend = make_backend(model, endpoint, served_model=served_model)
@@ -285,7 +285,8 @@ SYNTHETIC = "synthetic"
 
 
 def run_synthetic_eval(seed: int | None, n: int = 200, *, model: str | None = None, out: str | None = None,
-                       progress: bool = True, dtype: str = "float32", quantization: str | None = None) -> int:
+                       progress: bool = True, dtype: str = "float32", quantization: str | None = None,
+                       kv_cache_dtype: str = "auto") -> int:
     """The five demo tasks on `n` fresh scenes from `seed`, scored as `qwen3vl.train.scoring` says.
 
     Prints a table, then the scores as one JSON object on the last line (keys: the task names). The scenes are
@@ -300,7 +301,8 @@ def run_synthetic_eval(seed: int | None, n: int = 200, *, model: str | None = No
         raise ValueError(f"--n {n}: needs at least {len(TASKS)}, one example per task")
     folder = resolve_local_model(model)
     rows: list[dict] = []
-    scores = evaluate_demo(folder, seed, n, records=rows, progress=progress, dtype=dtype, quantization=quantization)
+    scores = evaluate_demo(folder, seed, n, records=rows, progress=progress, dtype=dtype, quantization=quantization,
+                           kv_cache_dtype=kv_cache_dtype)
     if out:
         with open(out, "w", encoding="utf-8") as f:
             for row in rows:
@@ -452,6 +454,8 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="eval synthetic: number of scenes (split evenly over tasks)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="eval synthetic: the model's dtype (default float32)")
     p.add_argument("--quantization", "-q", choices=["int8"], help="eval synthetic: weight-only int8 (docs/ENGINE.md)")
+    p.add_argument("--kv-cache-dtype", choices=["auto", "int8", "fp8", "fp8_e4m3"],
+                   help="eval synthetic: quantized KV cache (docs/ENGINE.md)")
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     _model_args(p, replay=False)
