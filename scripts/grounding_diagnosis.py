@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def diagnose(llm, examples) -> dict:
-    from qwen3vl.train.scoring import IOU_THRESHOLD, _as_boxes, box_iou, parse_grounding_builtin
+    from qwen3vl.train.scoring import IOU_THRESHOLD, box_iou, predicted_box
 
     by_objects: dict[int, list[int]] = {}
     misses = Counter()
@@ -40,11 +40,10 @@ def diagnose(llm, examples) -> dict:
         count = by_objects.setdefault(len(objects), [0, 0])
         count[0] += 1
         pred = llm.chat(ex.prompt, max_tokens=64, temperature=0).text
-        boxes = _as_boxes(parse_grounding_builtin(pred, truth["width"], truth["height"]))
-        if not boxes:
+        box = predicted_box(pred, ex)  # the box `qwen3vl eval synthetic` scores
+        if box is None:
             misses["unparsed"] += 1
             continue
-        box = boxes[0][0]
         if box_iou(box, truth["box_px"]) >= IOU_THRESHOLD:
             count[1] += 1
             continue

@@ -148,7 +148,10 @@ def _strip_ocr(text: str) -> str:
     return text[:-1].rstrip() if text.endswith(".") else text
 
 
-def _score_grounding(prediction: str, example: Example, parser: GroundingParser | None) -> bool:
+def predicted_box(prediction: str, example: Example,
+                  parser: GroundingParser | None = None) -> tuple[float, ...] | None:
+    """The pixel box a grounding answer is scored by: the first box labelled as asked, else the first box; None when
+    there is none (or the parser rejected the answer)."""
     truth = example.truth
     width, height = truth["width"], truth["height"]
     parser = parser or _project_parser()
@@ -159,14 +162,18 @@ def _score_grounding(prediction: str, example: Example, parser: GroundingParser 
         except TypeError as e:  # a parser with another signature: do not let it zero the metric silently
             log.warning("grounding parser %r failed (%s); using the built-in parser", parser, e)
         except Exception:  # the parser rejected a malformed answer
-            return False
+            return None
     if boxes is None:
         boxes = _as_boxes(parse_grounding_builtin(prediction, width, height))
     if not boxes:
-        return False
+        return None
     wanted = normalize_answer(truth["label"])
-    box = next((b for b, label in boxes if label is not None and normalize_answer(str(label)) == wanted), boxes[0][0])
-    return box_iou(box, truth["box_px"]) >= IOU_THRESHOLD
+    return next((b for b, label in boxes if label is not None and normalize_answer(str(label)) == wanted), boxes[0][0])
+
+
+def _score_grounding(prediction: str, example: Example, parser: GroundingParser | None) -> bool:
+    box = predicted_box(prediction, example, parser)
+    return box is not None and box_iou(box, example.truth["box_px"]) >= IOU_THRESHOLD
 
 
 def score(task: str, prediction: str, example: Example, *, parse_grounding: GroundingParser | None = None) -> bool:
