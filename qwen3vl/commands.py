@@ -14,6 +14,11 @@ EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
 
 
 # ------------------------------------------------------------------------------------------------- shared flags
+# what --kv-cache-dtype accepts (engine.runner.parse_kv_cache_dtype; fp8_e4m3 is vLLM's name for fp8), kept here so
+# building the parsers does not import torch
+KV_CACHE_DTYPE_CHOICES = ("auto", "int8", "fp8", "fp8_e4m3")
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", "-m", default=None,
@@ -29,7 +34,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "(docs/BENCHMARKS.md); logits close to, not equal to, the unquantized model's")
     g.add_argument("--max-model-len", type=int, default=None, help="context length limit")
     g.add_argument("--kv-cache-gb", type=float, default=2.0, help="memory for the paged KV cache")
-    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8", "fp8", "fp8_e4m3"],
+    g.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPE_CHOICES,
                    help="KV cache storage: the model's dtype (auto), or int8 / fp8 (e4m3) with a scale per token and "
                         "head, about twice the tokens in the same memory; logits close to, not equal to, auto's")
     g.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together")

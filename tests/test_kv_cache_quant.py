@@ -146,7 +146,10 @@ def test_the_memory_saved_becomes_blocks(model):
 
 
 def test_bad_names_are_refused_and_vllm_spelling_is_accepted():
+    from qwen3vl.commands import KV_CACHE_DTYPE_CHOICES
+
     assert parse_kv_cache_dtype(None) == "auto" and parse_kv_cache_dtype("FP8_E4M3") == "fp8"
+    assert {parse_kv_cache_dtype(name) for name in KV_CACHE_DTYPE_CHOICES} == {"auto", "int8", "fp8"}  # the CLI's
     with pytest.raises(ValueError, match="kv_cache_dtype 'int4' is not supported; choose one of auto, int8, fp8"):
         parse_kv_cache_dtype("int4")
 

@@ -446,6 +446,8 @@ def add_agent_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
+    from qwen3vl.commands import KV_CACHE_DTYPE_CHOICES
+
     p = sub.add_parser("eval", help="metrics over a JSONL dataset, or `eval synthetic`: the demo tasks")
     p.add_argument("file", help="dataset .jsonl, or the word `synthetic`: the five demo tasks on fresh scenes")
     p.add_argument("--out", help="per-record results .jsonl")
@@ -454,7 +456,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="eval synthetic: number of scenes (split evenly over tasks)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="eval synthetic: the model's dtype (default float32)")
     p.add_argument("--quantization", "-q", choices=["int8"], help="eval synthetic: weight-only int8 (docs/ENGINE.md)")
-    p.add_argument("--kv-cache-dtype", choices=["auto", "int8", "fp8", "fp8_e4m3"],
+    p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPE_CHOICES,
                    help="eval synthetic: quantized KV cache (docs/ENGINE.md)")
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024)
     p.add_argument("--no-progress", dest="progress", action="store_false")
