@@ -126,6 +126,7 @@ class Qwen3VLConfig:
     tie_word_embeddings: bool = False
     dtype: str | None = None
     transformers_version: str | None = None
+    quantization_config: dict | None = None  # read (weights/fp8.py), never written: exports are dequantized
 
     # Aliases that read naturally in model code.
     @property

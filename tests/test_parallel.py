@@ -1,7 +1,7 @@
-"""Tensor and expert parallelism on 2 CPU ranks (gloo) equal the single process: model logits (dense, MoE, and an
+"""Tensor and expert parallelism on 2 CPU ranks (gloo) equal the single process: model logits (dense, MoE, an
 odd model: one kv head replicated, biases, odd tied vocabulary, mixed dense/MoE layers, experts stored in the
-transformers 5.x layout) and greedy tokens through the engine (`LLM`, `build_llm`, torchrun); dead ranks raise
-instead of hanging."""
+transformers 5.x layout, and a block-FP8 MoE with experts stored one per linear) and greedy tokens through the
+engine (`LLM`, `build_llm`, torchrun); dead ranks raise instead of hanging."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from qwen3vl.parallel.testing import run_ranks
 from qwen3vl.weights.export import save_checkpoint
 from qwen3vl.weights.loader import CheckpointError
 from engine_helpers import Prompt
+from fp8_helpers import write_fp8_copy
 
 TOL = 1e-5
 
@@ -38,9 +39,10 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tp")
-    return {"dense": write_tiny_model(root / "dense", sharpen=3.0),
-            "moe": write_tiny_model(root / "moe", kind="moe", sharpen=3.0),
-            "odd": _odd_checkpoint(root / "odd")}
+    moe = write_tiny_model(root / "moe", kind="moe", sharpen=3.0)
+    return {"dense": write_tiny_model(root / "dense", sharpen=3.0), "moe": moe,
+            "odd": _odd_checkpoint(root / "odd"),
+            "fp8-moe": write_fp8_copy(moe, root / "fp8-moe")}  # block FP8, experts one linear each
 
 
 def _odd_checkpoint(folder: Path) -> Path:

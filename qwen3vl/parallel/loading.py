@@ -19,6 +19,7 @@ from torch import nn
 from qwen3vl.config import load_config
 from qwen3vl.parallel.plan import Shard
 from qwen3vl.parallel.tensor_parallel import ShardPlan, parallelize
+from qwen3vl.weights import fp8
 from qwen3vl.weights.layout import expert_kind, to_model_layout
 from qwen3vl.weights.loader import CheckpointError, build_empty, finish_load, parse_dtype, tensor_index
 
@@ -62,33 +63,46 @@ def load_shard(model, folder: Path, plan: ShardPlan, dtype: torch.dtype, device:
     index = tensor_index(folder)
     params = dict(model.named_parameters(remove_duplicate=True))
     tied = cfg.tie_word_embeddings
-    missing = [n for n in params if n not in index]
+    try:
+        scheme = fp8.read_scheme(cfg.quantization_config)
+        full = {n: torch.Size(plan[n].full_shape) if plan.get(n) is not None else p.shape for n, p in params.items()}
+        sources, unclaimed = fp8.plan_sources(index, full)
+    except fp8.QuantizationError as e:
+        raise CheckpointError(f"checkpoint {folder}: {e}") from e
+    missing = [n for n in params if n not in sources]
     if missing:
         raise CheckpointError(f"checkpoint {folder} is missing tensor {missing[0]}"
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    unexpected = [n for n in index if n not in params and not (tied and n == "lm_head.weight")]
+    unexpected = [n for n in unclaimed if not (tied and n == "lm_head.weight")]
     if unexpected:
         raise CheckpointError(f"checkpoint file {index[unexpected[0]]} has unexpected tensor {unexpected[0]}"
                               + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
     version = cfg.transformers_version or ""
     prefer_transposed = version[:1].isdigit() and int(version.split(".")[0]) >= 5
-    names = sorted(params, key=lambda n: (index[n], n))
+    names = sorted(params, key=lambda n: (index[sources[n].names[0]], n))
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(names), desc="loading shard", unit="tensor")
     for name in names:
-        file = index[name]
-        with safe_open(folder / file, framework="pt") as h:
-            t = _read(h, name, plan.get(name), file)
-            try:
-                t = to_model_layout(name, t, params[name].shape, prefer_transposed)
-            except ValueError as e:
-                raise CheckpointError(f"{file}: {e}") from e
-            # a copy that owns its memory: the map behind `t` is closed when the `with` ends
-            value = t.to(device=device, dtype=dtype, copy=True).contiguous()
-            del t
+        source = sources[name]
+        file = index[source.names[0]]
+        if source.kind == "plain" and name + fp8.SCALE_SUFFIX not in index:
+            with safe_open(folder / file, framework="pt") as h:
+                t = _read(h, name, plan.get(name), file)
+                try:
+                    t = to_model_layout(name, t, params[name].shape, prefer_transposed)
+                except ValueError as e:
+                    raise CheckpointError(f"{file}: {e}") from e
+                # a copy that owns its memory: the map behind `t` is closed when the `with` ends
+                value = t.to(device=device, dtype=dtype, copy=True).contiguous()
+                del t
+        else:  # FP8 blocks or per-expert pieces: the whole tensor, dequantized and put together, then this rank's part
+            shard = plan.get(name)
+            full = shard.full_shape if shard is not None else params[name].shape
+            value = _read_whole(folder, index, name, source, shard, full, scheme, dtype, prefer_transposed)
+            value = value.to(device=device, dtype=dtype).contiguous()
         module_name, _, leaf = name.rpartition(".")
         model.get_submodule(module_name)._parameters[leaf] = nn.Parameter(value, requires_grad=False)
         if bar is not None:
@@ -96,3 +110,21 @@ def load_shard(model, folder: Path, plan: ShardPlan, dtype: torch.dtype, device:
     if bar is not None:
         bar.close()
     finish_load(model, folder)
+
+
+def _read_whole(folder: Path, index: dict[str, str], name: str, source, shard: Shard | None, full_shape, scheme,
+                dtype, prefer_transposed: bool) -> torch.Tensor:
+    def get(tensor: str) -> torch.Tensor:
+        with safe_open(folder / index[tensor], framework="pt") as h:
+            return h.get_tensor(tensor).clone()
+
+    file = index[source.names[0]]
+    try:
+        t = fp8.read_param(source, get, index.__contains__, scheme, dtype)
+        t = to_model_layout(name, t, torch.Size(full_shape), prefer_transposed)
+    except ValueError as e:
+        raise CheckpointError(f"{file}: {e}") from e
+    if shard is None:
+        return t
+    parts = [t[shard.index(a, b)] for a, b in shard.ranges]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=shard.dim)).clone()

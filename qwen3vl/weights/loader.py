@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from safetensors import safe_open
 from torch import nn
 
 from qwen3vl.config import Qwen3VLConfig, load_config
+from qwen3vl.weights import fp8
 from qwen3vl.weights.hub import resolve_checkpoint
 from qwen3vl.weights.layout import to_model_layout
 
@@ -91,45 +93,59 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | str | None = None, de
 
 
 def load_weights(model, folder: Path, dtype: torch.dtype, device: torch.device, progress: bool = False) -> None:
-    """Fill a meta-device model's parameters from the checkpoint folder."""
+    """Fill a meta-device model's parameters from the checkpoint folder (FP8 and per-expert files too: fp8.py)."""
     cfg: Qwen3VLConfig = model.config
     index = tensor_index(folder)
     expected = {n: p.shape for n, p in model.named_parameters(remove_duplicate=True)}
     tied = cfg.tie_word_embeddings
-    missing = [n for n in expected if n not in index and not (tied and n == "lm_head.weight")]
+    try:
+        scheme = fp8.read_scheme(cfg.quantization_config)
+        sources, unclaimed = fp8.plan_sources(index, expected)
+    except fp8.QuantizationError as e:
+        raise CheckpointError(f"checkpoint {folder}: {e}") from e
+    missing = [n for n in expected if n not in sources and not (tied and n == "lm_head.weight")]
     if missing:
         raise CheckpointError(
             f"checkpoint {folder} is missing tensor {missing[0]}"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    unexpected = [n for n in index if n not in expected and not (n == "lm_head.weight" and tied)]
+    unexpected = [n for n in unclaimed if not (n == "lm_head.weight" and tied)]
     if unexpected:
         raise CheckpointError(
             f"checkpoint file {index[unexpected[0]]} has unexpected tensor {unexpected[0]}"
             + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    if scheme is not None:
+        log.info("dequantizing the FP8 weights of %s to %s", folder, dtype)
     prefer_transposed = _file_says_transformers5(folder, cfg)
-    by_file: dict[str, list[str]] = {}
-    for name, file in index.items():
-        if name in expected:
-            by_file.setdefault(file, []).append(name)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(expected), desc="loading weights", unit="tensor")
-    for file, names in sorted(by_file.items()):
-        with safe_open(folder / file, framework="pt") as h:
-            present = set(h.keys())
-            for name in names:
-                if name not in present:
-                    raise CheckpointError(f"shard {file} is missing tensor {name} (the index says it is there)")
-                t = h.get_tensor(name)
-                try:
-                    t = to_model_layout(name, t, expected[name], prefer_transposed)
-                except ValueError as e:
-                    raise CheckpointError(f"{file}: {e}") from e
-                _set_param(model, name, t.to(device=device, dtype=dtype))
-                if bar is not None:
-                    bar.update(1)
+        bar = tqdm(total=len(sources), desc="loading weights", unit="tensor")
+    handles: dict[str, tuple[object, set[str]]] = {}
+
+    def get(name: str) -> torch.Tensor:
+        file = index[name]
+        if file not in handles:
+            h = stack.enter_context(safe_open(folder / file, framework="pt"))
+            handles[file] = (h, set(h.keys()))
+        h, present = handles[file]
+        if name not in present:
+            raise CheckpointError(f"shard {file} is missing tensor {name} (the index says it is there)")
+        return h.get_tensor(name)
+
+    with ExitStack() as stack:
+        # in file order of each parameter's first tensor, so shards are opened (and paged in) one after another
+        for name, source in sorted(sources.items(), key=lambda kv: (index[kv[1].names[0]], kv[0])):
+            try:
+                t = fp8.read_param(source, get, index.__contains__, scheme, dtype)
+                t = to_model_layout(name, t, expected[name], prefer_transposed)
+            except (ValueError, RuntimeError) as e:
+                if isinstance(e, CheckpointError):
+                    raise
+                raise CheckpointError(f"{index[source.names[0]]}: {e}") from e
+            _set_param(model, name, t.to(device=device, dtype=dtype))
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     finish_load(model, folder)
