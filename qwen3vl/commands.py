@@ -66,6 +66,10 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="constrain the answer to one valid JSON object")
     g.add_argument("--json-schema", type=json_schema_arg, default=None, metavar="SCHEMA",
                    help="constrain the answer to JSON valid against this JSON schema (inline JSON, or a file)")
+    g.add_argument("--regex", type=regex_arg, default=None, metavar="PATTERN",
+                   help="constrain the whole answer to match this regular expression (vLLM's guided_regex)")
+    g.add_argument("--choice", action="append", default=None, metavar="TEXT",
+                   help="constrain the answer to exactly one of these strings (repeatable; vLLM's guided_choice)")
 
 
 def bundled_model() -> str:
@@ -123,7 +127,18 @@ def lora_modules_arg(items: list[str] | None) -> dict[str, str] | None:
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "min_p",
                                           "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
-                                          "stop", "json_mode", "json_schema")}
+                                          "stop", "json_mode", "json_schema", "regex", "choice")}
+
+
+def regex_arg(value: str) -> str:
+    """--regex: checked here so a pattern we cannot enforce is a usage error naming the construct."""
+    from qwen3vl.engine.regex import RegexError, RegexMachine
+
+    try:
+        RegexMachine(value)
+    except RegexError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def json_schema_arg(value: str) -> Any:

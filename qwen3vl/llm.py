@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 _SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                   "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "n", "logprobs",
-                  "prompt_logprobs", "json_mode", "json_schema", "forced_tool_calls", "adapter", "logit_bias")
+                  "prompt_logprobs", "json_mode", "json_schema", "regex", "choice", "forced_tool_calls", "adapter",
+                  "logit_bias")
 _MEDIA_KEYS = ("min_pixels", "max_pixels", "fps", "max_frames", "min_frames", "total_pixels")
 
 

@@ -201,11 +201,15 @@ class JsonMachine(ByteMachine):
 
 
 class JsonConstraint:
-    """One sequence's JSON-mode state. `token_bytes(id)` gives a token's bytes, or None for a special token."""
+    """One sequence's JSON-mode state (or, with `machine=`, any byte machine's: a regex or a choice). `token_bytes(id)`
+    gives a token's bytes, or None for a special token."""
 
     def __init__(self, token_bytes: Callable[[int], bytes | None], end_ids: Iterable[int],
-                 activate_after: int | None = None, top_object: bool = True, schema=None):
-        if schema is not None:
+                 activate_after: int | None = None, top_object: bool = True, schema=None,
+                 machine: ByteMachine | None = None):
+        if machine is not None:  # any byte machine: a regex or a choice (engine/regex.py)
+            self.machine = machine
+        elif schema is not None:
             from qwen3vl.engine.schema import SchemaMachine
 
             self.machine = SchemaMachine(schema)

@@ -115,6 +115,14 @@ class Engine:
         if params.json_mode and self.token_bytes is None:
             raise ValueError("json_mode needs the engine to know the token bytes (Engine(token_bytes=...))")
         schema = compile_schema(params.json_schema) if params.json_mode and params.json_schema is not None else None
+        pattern = None
+        if params.regex is not None or params.choice is not None:
+            if self.token_bytes is None:
+                raise ValueError("regex / choice need the engine to know the token bytes (Engine(token_bytes=...))")
+            from qwen3vl.engine.regex import ChoiceMachine, RegexMachine
+
+            # one machine for the request's sequences: its lazily built steps are shared
+            pattern = RegexMachine(params.regex) if params.regex is not None else ChoiceMachine(params.choice)
         forced = params.forced_tool_calls
         if forced is not None:
             if self.token_bytes is None or self.tool_call_ids is None:
@@ -132,6 +140,9 @@ class Engine:
             if params.json_mode:
                 seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
                                                 activate_after=self.json_after, schema=schema)
+            elif pattern is not None:
+                seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
+                                                activate_after=self.json_after, machine=pattern)
             elif forced is not None:
                 seq.constraint = ToolCallConstraint(
                     self.token_bytes, self.eos_token_ids | set(params.stop_token_ids), forced, *self.tool_call_ids,

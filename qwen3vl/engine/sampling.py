@@ -38,6 +38,8 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     json_mode: bool = False  # constrain the answer to one valid JSON object (engine/constrain.py)
     json_schema: dict | bool | None = None  # constrain it to a document valid against this schema (engine/schema.py)
+    regex: str | None = None  # the answer must match this regular expression as a whole (engine/regex.py)
+    choice: list[str] | None = None  # the answer must be exactly one of these strings
     forced_tool_calls: Any = None  # tool_constraint.ForcedCalls: the answer is tool calls valid against their schemas
     adapter: str | None = None  # a LoRA adapter loaded by name (engine/adapters.py); None: the base model
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit (OpenAI's logit_bias, -100..100)
@@ -78,6 +80,21 @@ class SamplingParams:
 
             compile_schema(self.json_schema)  # SchemaError (a ValueError) names what cannot be enforced
             self.json_mode = True
+        if self.regex is not None or self.choice is not None:
+            from qwen3vl.engine.regex import ChoiceMachine, RegexMachine
+
+            if self.regex is not None and self.choice is not None:
+                bad("regex", "cannot be combined with choice")
+            name = "regex" if self.regex is not None else "choice"
+            if self.json_mode:
+                bad(name, "cannot be combined with json_mode / json_schema")
+            if self.forced_tool_calls is not None:
+                bad(name, "cannot be combined with forced tool calls")
+            if self.ignore_eos:
+                bad("ignore_eos", f"cannot be combined with {name} (the answer ends with its match)")
+            if self.choice is not None:
+                self.choice = list(self.choice) if isinstance(self.choice, (list, tuple)) else self.choice
+            RegexMachine(self.regex) if self.regex is not None else ChoiceMachine(self.choice)  # RegexError names it
         if self.forced_tool_calls is not None:
             if self.json_mode:
                 bad("json_mode", "cannot be combined with forced tool calls")

@@ -61,6 +61,9 @@ def settings_from_args(args: argparse.Namespace):
     if defaults.pop("json_mode", None) or defaults.pop("json_schema", None) is not None:
         raise SystemExit("error: --json-mode/--json-schema are chosen per request when serving: send "
                          'response_format {"type": "json_object"} or {"type": "json_schema", ...}')
+    if defaults.pop("regex", None) is not None or defaults.pop("choice", None) is not None:
+        raise SystemExit("error: --regex/--choice are chosen per request when serving: send guided_regex / "
+                         "guided_choice (or structured_outputs) in the request body")
     return ServeSettings(
         served_model_names=names, api_key=args.api_key or os.environ.get("QWEN3VL_API_KEY") or None,
         max_queue=args.max_queue, request_timeout=args.request_timeout, allow_remote_media=args.allow_remote_media,

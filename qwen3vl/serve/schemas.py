@@ -20,10 +20,14 @@ MAX_N = 128
 MAX_STOP = 16
 MAX_STOP_CHARS = 1024
 MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
+MAX_PATTERN_CHARS = 4096  # guided_regex
+MAX_CHOICES = 1024  # guided_choice
 
 PosInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1 - MAX_N)]
 StopList = Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)]
+Pattern = Annotated[str, Field(max_length=MAX_PATTERN_CHARS)]
+Choices = Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(min_length=1, max_length=MAX_CHOICES)]
 
 
 class _Strict(BaseModel):
@@ -60,6 +64,14 @@ class ResponseFormat(_Strict):
     json_schema: dict[str, Any] | None = None
 
 
+class StructuredOutputs(_Strict):
+    """vLLM's `structured_outputs` (extra_body): one of a regex, a list of choices, or a JSON schema."""
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+    regex: Pattern | None = None
+    choice: Choices | None = None
+    json_schema: dict[str, Any] | bool | None = Field(None, alias="json")  # "json" would shadow BaseModel.json
+
+
 class _Sampling(_Strict):
     """Fields both endpoints share."""
 
@@ -84,6 +96,30 @@ class _Sampling(_Strict):
     ignore_eos: bool = False
     logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]],
                           Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    # vLLM's structured output fields: the older guided_* ones and the newer structured_outputs object
+    guided_regex: Pattern | None = None
+    guided_choice: Choices | None = None
+    guided_json: dict[str, Any] | bool | None = None
+    structured_outputs: StructuredOutputs | None = None
+
+    def guided(self) -> tuple[str, Any] | None:
+        """The one structured-output request among guided_* and structured_outputs: ("regex" | "choice" | "json",
+        value), or None. Several at once, or a kind this server does not enforce, is a 400 naming the field."""
+        found = [(f"guided_{k}", k, v) for k in ("regex", "choice", "json")
+                 if (v := getattr(self, f"guided_{k}")) is not None]
+        so = self.structured_outputs
+        if so is not None:
+            extra = sorted(k for k, v in (so.model_extra or {}).items() if v not in (None, False))
+            if extra:
+                raise bad_request(f"structured_outputs.{extra[0]} is not supported by this server (regex, choice "
+                                  "and json are)", "structured_outputs")
+            found += [(f"structured_outputs.{k}", k, v) for k, attr in (("regex", "regex"), ("choice", "choice"),
+                                                                          ("json", "json_schema"))
+                      if (v := getattr(so, attr)) is not None]
+        if len(found) > 1:
+            raise bad_request(f"{found[0][0]} and {found[1][0]} cannot be combined: ask for one structured output",
+                              found[1][0])
+        return (found[0][1], found[0][2]) if found else None
 
     def check_logit_bias(self) -> None:
         for key in self.logit_bias or {}:
@@ -99,7 +135,15 @@ class _Sampling(_Strict):
                 "seed": self.seed, "stop": [s for s in stop if s] if stop else None,
                 "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos or None,
                 "min_tokens": self.min_tokens, "n": self.n,
-                "logit_bias": {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None}
+                "logit_bias": {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
+                **self.guided_sampling()}
+
+    def guided_sampling(self) -> dict[str, Any]:
+        guided = self.guided()
+        if guided is None:
+            return {}
+        kind, value = guided
+        return {"json_schema": value} if kind == "json" else {kind: value}
 
     @property
     def include_usage(self) -> bool:
@@ -134,6 +178,10 @@ class ChatCompletionRequest(_Sampling):
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
         self.check_logit_bias()
+        guided = self.guided()
+        if guided is not None and self.response_format is not None and self.response_format.type != "text":
+            raise bad_request(f"response_format {self.response_format.type} cannot be combined with a structured "
+                              f"output ({guided[0]}): ask for one", "response_format")
         names = [t.function.name for t in self.tools or []]
         choice = self.tool_choice
         if choice in ("required",) or isinstance(choice, NamedToolChoice):
@@ -171,6 +219,7 @@ class CompletionRequest(_Sampling):
         if self.best_of is not None and self.best_of != self.n:
             raise bad_request("best_of is not supported by this server (leave it out or equal to n)", "best_of")
         self.check_logit_bias()
+        self.guided()
         if isinstance(self.prompt, list) and not self.prompt:
             raise bad_request("prompt must not be an empty list", "prompt")
         if isinstance(self.prompt, list) and len(self.prompt) > MAX_N:
