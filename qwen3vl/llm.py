@@ -255,7 +255,7 @@ class LLM:
     def _tool_choice(self, tools: Any, tool_choice: str | None, sampling: dict) -> tuple[Any, dict]:
         """`tool_choice`: None/"auto" (the model decides), "none" (tools hidden), "required" (at least one call)
         or a function's name (a call to it). Forced calls are constrained to the tools' schemas; a function whose
-        parameters cannot be enforced (a `pattern`, say) is a SchemaError naming it (pass tool_choice=None to let
+        parameters cannot be enforced (a `multipleOf`, say) is a SchemaError naming it (pass tool_choice=None to let
         the model decide unconstrained)."""
         if tool_choice in (None, "auto"):
             return tools, sampling

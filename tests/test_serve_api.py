@@ -4,6 +4,7 @@ checkpoint, greedy decoding. What the server answers must equal what the Python 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import httpx
@@ -328,9 +329,16 @@ def test_json_schema_response_format_is_enforced_and_parse_gives_the_model(clien
                                            response_format={"type": "json_object"})
     with pytest.raises(ValueError):
         Box.model_validate_json(plain.choices[0].message.content)
+    # a pattern is enforced
+    schema = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-z]{3}$"}}, "required": ["id"],
+              "additionalProperties": False}
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=200, temperature=0,
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "s", "schema": schema, "strict": True}})
+    assert re.fullmatch("[a-z]{3}", json.loads(r.choices[0].message.content)["id"]), r.choices[0].message.content
     # a schema that cannot be enforced: a 400 naming the keyword when strict, JSON syntax only otherwise
-    schema = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-z]+$"}}}
-    with pytest.raises(openai.BadRequestError, match="'pattern' is not supported"):
+    schema = {"type": "object", "properties": {"id": {"type": "integer", "multipleOf": 3}}}
+    with pytest.raises(openai.BadRequestError, match="'multipleOf' is not supported"):
         client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, response_format={
             "type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}})
     loose = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0,

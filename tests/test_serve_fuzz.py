@@ -59,11 +59,12 @@ COMMON = {
     "stop_token_ids": st.lists(st.integers(-5, 400), max_size=2) | anything, "min_tokens": small,
     "ignore_eos": st.booleans() | anything,
 }
-# JSON-schema-like values: valid, unsupported (pattern), unsatisfiable, cyclic ($ref "#") and malformed ones
+# JSON-schema-like values: valid, unsupported (patterns with lookaround), unsatisfiable, cyclic ($ref "#"), malformed
 schema_like = st.recursive(
     st.booleans() | st.fixed_dictionaries({}, optional={
         "type": st.sampled_from(["object", "array", "string", "integer", "number", "null", "x"]) | anything,
-        "minimum": st.integers(-3, 3) | anything, "maxLength": st.integers(-1, 3) | anything, "pattern": st.just("a"),
+        "minimum": st.integers(-3, 3) | anything, "maxLength": st.integers(-1, 3) | anything,
+        "pattern": st.sampled_from(["a", "^[ab]+$", "(?=a)", "^a|b$", "\\"]) | anything,
         "enum": st.lists(st.integers(0, 2) | st.text(max_size=2), max_size=2) | anything,
         "$ref": st.sampled_from(["#", "#/x", "#/properties/a", "#/$defs/d"])}),
     lambda inner: st.fixed_dictionaries({}, optional={

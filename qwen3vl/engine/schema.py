@@ -16,9 +16,11 @@ written, a `,` only while another item or key fits, a number digit only while a 
 Enforced: `type` (one or a list), `properties`, `required`, `additionalProperties` (false, true or a schema; true by
 default), `items`, `minItems`/`maxItems`, `enum`, `const`, `anyOf`/`oneOf` (read as anyOf), a one-element `allOf`,
 `$ref` to `#/$defs/...`/`#/definitions/...` (recursion included), `minLength`/`maxLength` (in code points; an
-escape counts as one), `minimum`/`maximum`/`exclusiveMinimum`/`exclusiveMaximum`.
+escape counts as one), `minimum`/`maximum`/`exclusiveMinimum`/`exclusiveMaximum`, and `pattern` (a match anywhere
+in the value unless anchored, run on the value's bytes with escapes decoded by `regex.RegexMachine`; not next to
+minLength/maxLength).
 Annotations (`title`, `description`, `default`, `examples`, `format`, ...) and unknown keywords are ignored, as the
-JSON Schema standard says. Refused by name (`SchemaError`), rather than silently not enforced: `pattern`,
+JSON Schema standard says. Refused by name (`SchemaError`), rather than silently not enforced:
 `patternProperties`, `propertyNames`, `minProperties`/`maxProperties`, `multipleOf`, `uniqueItems`, `contains`,
 `prefixItems`, tuple `items`, `not`, `if`/`then`/`else`, `dependentRequired`/`dependentSchemas`, `unevaluated*`,
 longer `allOf`, remote `$ref`s.
@@ -27,8 +29,8 @@ Forms the machine does not let the model write (the output is still valid, it ju
 before the top-level value and runs of whitespace longer than `WS_BASE + WS_PER_LEVEL * depth`; nesting deeper than
 `MAX_DEPTH`; numbers longer than `MAX_NUMBER` characters; malformed UTF-8; in objects that allow no undeclared
 names, a declared name spelled other than as `json.dumps` spells it (`\\u0061` for `a`); escaped surrogate pairs in
-strings with a length limit (the character is written as it is); integers with a fraction (`1.0`, which JSON Schema
-counts as an integer); exponents in numbers that have bounds; duplicate keys; `enum`/`const` values that are objects
+strings with a length limit or a pattern (the character is written as it is); integers with a fraction (`1.0`, which
+JSON Schema counts as an integer); exponents in numbers that have bounds; duplicate keys; `enum`/`const` values that are objects
 or arrays in any spelling but `json.dumps`'s two (`", "`/`": "` or compact). Bounds are checked on the exact decimal
 and on the float a validator reads. Not enforced: the "exactly one" of `oneOf` (it is read as `anyOf`; pydantic's tagged unions are disjoint).
 """
@@ -46,15 +48,18 @@ from qwen3vl.engine.constrain import (DIGITS, ESCAPES, HEX, MAX_NUMBER, NUMBER_E
 
 # thread modes (numbers reuse constrain's N_* modes, which are >= 20)
 VALUE, ARR_FIRST, OBJ_FIRST, OBJ_KEY, KEY, KEY_ESC, KEY_UHEX, COLON, AFTER, STRING, ESC, UHEX, LITERAL, ENUM = range(14)
+PSTRING, PESC, PUHEX = 14, 15, 16  # a string with a `pattern`: aux is the pattern automaton's state
+ESCAPED = {ord('"'): 0x22, ord("\\"): 0x5C, ord("/"): 0x2F, ord("b"): 0x08, ord("f"): 0x0C, ord("n"): 0x0A,
+           ord("r"): 0x0D, ord("t"): 0x09}  # a JSON escape's letter -> the byte it stands for
 N_MINUS = 20
 TOP = "top"  # aux of the very first thread: no whitespace before the document
 
 ASSERTIONS = frozenset({  # the keywords enforced; any other keyword not in UNSUPPORTED is an annotation, ignored
     "type", "enum", "const", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
     "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "anyOf", "oneOf", "allOf",
-    "$ref",
+    "$ref", "pattern",
 })
-UNSUPPORTED = ("pattern", "patternProperties", "propertyNames", "minProperties", "maxProperties", "multipleOf",
+UNSUPPORTED = ("patternProperties", "propertyNames", "minProperties", "maxProperties", "multipleOf",
                "uniqueItems", "contains", "minContains", "maxContains", "prefixItems", "additionalItems", "not", "if",
                "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties",
                "unevaluatedItems", "$dynamicRef", "$recursiveRef")
@@ -84,6 +89,7 @@ class Node:
     lo: Bound = None
     hi: Bound = None
     texts: frozenset[bytes] = frozenset()  # enum: the values as JSON text
+    regex: Any = None  # string with a `pattern`: a regex.RegexMachine over the string's value (see `search_form`)
     alts: tuple[int, ...] = ()  # union: the alternatives
 
     @property
@@ -165,7 +171,7 @@ class _Compiler:
     def _uses(schema: dict, t: str) -> bool:
         keys = {"object": ("properties", "required", "additionalProperties"),
                 "array": ("items", "minItems", "maxItems"),
-                "string": ("minLength", "maxLength"),
+                "string": ("minLength", "maxLength", "pattern"),
                 "number": ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}.get(t, ())
         return any(k in schema for k in keys)
 
@@ -236,6 +242,11 @@ class _Compiler:
             lo, hi = schema.get("minLength", 0), schema.get("maxLength", math.inf)
             if not (isinstance(lo, int) and lo >= 0 and (hi == math.inf or isinstance(hi, int)) and lo <= hi):
                 raise SchemaError(f"{where}: minLength/maxLength must be integers with 0 <= minLength <= maxLength")
+            if "pattern" in schema:
+                if "minLength" in schema or "maxLength" in schema:
+                    raise SchemaError(f"{where}: pattern together with minLength/maxLength is not supported (put the "
+                                      "length in the pattern: ^.{2,8}$)")
+                return self._add(Node("string", regex=pattern_machine(schema["pattern"], where)))
             return self._add(Node("string", min_len=lo, max_len=hi))
         if t in ("number", "integer"):
             return self._number(schema, t, where)
@@ -310,6 +321,61 @@ def _is_type(v: Any, t: str) -> bool:
             "number": isinstance(v, (int, float)) and not isinstance(v, bool),
             "integer": (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
             "boolean": isinstance(v, bool), "null": v is None}.get(t, False)
+
+
+def search_form(pattern: str) -> str:
+    """JSON Schema's `pattern` matches anywhere in the string unless anchored; `RegexMachine` matches the whole value.
+    So an unanchored side gets "anything" added: `ab` -> `[\\s\\S]*(?:ab)[\\s\\S]*`, `^ab$` -> `(?:ab)`."""
+    depth, i, top_bar, in_class = 0, 0, False, False
+    while i < len(pattern):  # is there a `|` outside groups and classes? then anchors do not span the alternatives
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]" or pattern[i + 1:i + 3] == "^]":
+                i += 2 if pattern[i + 1] == "]" else 3
+                continue
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            top_bar = True
+        i += 1
+    start = pattern.startswith("^")
+    end = pattern.endswith("$") and not _escaped_at(pattern, len(pattern) - 1)
+    if top_bar and (start or end):
+        raise ValueError("anchors with a top-level | are not supported (they apply to one alternative each); group "
+                         "the alternatives: ^(a|b)$")
+    inner = pattern[1 if start else 0:len(pattern) - 1 if end else len(pattern)]
+    return ("" if start else "[\\s\\S]*") + f"(?:{inner})" + ("" if end else "[\\s\\S]*")
+
+
+def _escaped_at(text: str, i: int) -> bool:
+    n = 0
+    while i - 1 - n >= 0 and text[i - 1 - n] == "\\":
+        n += 1
+    return n % 2 == 1
+
+
+def pattern_machine(pattern: Any, where: str):
+    from qwen3vl.engine.regex import RegexMachine
+
+    if not isinstance(pattern, str):
+        raise SchemaError(f"{where}: pattern must be a string, got {pattern!r}")
+    try:
+        form = search_form(pattern)
+    except ValueError as e:
+        raise SchemaError(f"{where}: pattern {pattern!r}: {e}") from None
+    try:
+        return RegexMachine(form)
+    except ValueError as e:  # "regex '<the search form>': what, at position N (of the search form)"
+        what = str(e).split(": ", 1)[-1] if str(e).startswith("regex ") else str(e)
+        raise SchemaError(f"{where}: pattern {pattern!r} (read as {form!r}): {what}") from None
 
 
 @dataclass(frozen=True)
@@ -598,6 +664,8 @@ class SchemaMachine(ByteMachine):
     # -- one byte --
     def _step(self, t: Thread, b: int) -> list[Thread] | tuple:
         stack, mode, n, aux, ws = t
+        if PSTRING <= mode <= PUHEX:
+            return self._pattern_step(t, b)
         if mode == STRING:  # aux: (characters so far, UTF-8 bytes owed)
             node = self.nodes[n]
             count, pending = aux
@@ -675,6 +743,55 @@ class SchemaMachine(ByteMachine):
             return [(stack, VALUE, n, None, 0)] if b == ord(":") else ()
         return ()
 
+    def _pattern_step(self, t: Thread, b: int) -> list[Thread] | tuple:
+        """A string with a `pattern`: its value's bytes (escapes decoded) run through the pattern's automaton, and
+        the closing quote only where the value matches. A `\\u` escape is begun, and each of its hex digits taken,
+        only while some character it can still spell may come next; escaped surrogate pairs are not taken (the
+        character is written as it is)."""
+        stack, mode, n, aux, _ = t
+        regex = self.nodes[n].regex
+        if mode == PSTRING:
+            if b == 0x22:
+                return [(stack, AFTER, None, None, 0)] if regex.complete(aux) else ()
+            if b == 0x5C:
+                return [(stack, PESC, n, aux, 0)] if self._escapable(regex, aux) else ()
+            if b < 0x20:
+                return ()
+            nxt = regex.feed(aux, b)
+            return () if nxt is None else [(stack, PSTRING, n, nxt, 0)]
+        if mode == PESC:
+            if b == ord("u"):
+                return [(stack, PUHEX, n, (aux, ""), 0)] if self._spellable(regex, aux, "") else ()
+            nxt = regex.feed(aux, ESCAPED[b]) if b in ESCAPED else None
+            return () if nxt is None else [(stack, PSTRING, n, nxt, 0)]
+        state, digits = aux  # PUHEX
+        if b not in HEX:
+            return ()
+        digits += chr(b).lower()
+        if len(digits) < 4:
+            return [(stack, PUHEX, n, (state, digits), 0)] if self._spellable(regex, state, digits) else ()
+        cp = int(digits, 16)
+        nxt = None if 0xD800 <= cp <= 0xDFFF else regex.run(state, chr(cp).encode())
+        return () if nxt is None else [(stack, PSTRING, n, nxt, 0)]
+
+    def _spellable(self, regex, state: int, digits: str) -> bool:
+        """Whether some character U+XXXX (not a surrogate) whose hex starts with `digits` may come next. Up to 65,536
+        candidates for a bare `\\u`, so the answer is remembered per (pattern, state, digits)."""
+        key = (id(regex), state, digits)
+        hit = self._cache.get(key)
+        if hit is None:
+            width = 16 ** (4 - len(digits))
+            lo = int(digits, 16) * width if digits else 0
+            hit = any(regex.run(state, chr(cp).encode()) is not None
+                      for cp in range(lo, lo + width) if not 0xD800 <= cp <= 0xDFFF)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    def _escapable(self, regex, state: int) -> bool:
+        return any(regex.feed(state, v) is not None for v in ESCAPED.values()) or self._spellable(regex, state, "")
+
     def _start(self, stack: tuple, n: int, b: int) -> list[Thread]:
         node = self.nodes[n]
         kind = node.kind
@@ -691,7 +808,11 @@ class SchemaMachine(ByteMachine):
         if kind == "array":
             return [((stack, n, 0, depth + 1), ARR_FIRST, None, None, 0)] if b == ord("[") else []
         if kind == "string":
-            return [(stack, STRING, n, (0, None), 0)] if b == 0x22 else []
+            if b != 0x22:
+                return []
+            if node.regex is not None:
+                return [(stack, PSTRING, n, node.regex.start(), 0)]
+            return [(stack, STRING, n, (0, None), 0)]
         if kind in ("number", "integer"):
             mode = N_MINUS if b == ord("-") else (JsonMachine._number(N_MINUS, b) if b in DIGITS else None)
             text = bytes((b,))

@@ -12,7 +12,7 @@ What the server adds to a chat (documented in docs/SERVING.md):
 * `response_format` `json_object` / `json_schema` adds a system note asking for one JSON object (with the schema)
   and, when no tools are offered, constrains decoding: to one syntactically valid JSON object (`json_object`,
   `engine/constrain.py`), or to a document valid against the schema (`json_schema`, `engine/schema.py`). A schema
-  the decoder cannot enforce (a `pattern`, say) is a 400 naming the keyword when `strict` is true; otherwise the
+  the decoder cannot enforce (a `multipleOf`, say) is a 400 naming the keyword when `strict` is true; otherwise the
   answer is constrained to JSON syntax only and a warning is logged. The non-streamed answer is then checked (see
   `outputs.check_json`).
 """
