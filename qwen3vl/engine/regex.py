@@ -356,9 +356,26 @@ class _LazyDfa(ByteMachine):
         self.accepting: list[bool] = []
         self.dead_end: list[bool] = []
         self.steps: dict[tuple[int, int], int | None] = {}
-        self.start_id = self._id(self._closure([start]))
-        if not self._can_finish(start):
+        self.live = self._co_reachable()
+        if start not in self.live:
             raise RegexError(f"{what} matches no string")
+        self.start_id = self._id(self._closure([start]))
+
+    def _co_reachable(self) -> set[int]:
+        """The NFA states from which the accepting state can be reached. Only these enter a DFA state, so a state
+        the machine hands out always has a way to a match (an empty class such as `[^\\x00-\\U0010FFFF]` in one
+        branch leaves nothing behind that could strand the model)."""
+        back: list[list[int]] = [[] for _ in self.nfa.trans]
+        for s, (eps, trans) in enumerate(zip(self.nfa.eps, self.nfa.trans)):
+            for t in eps + [t for _, _, t in trans]:
+                back[t].append(s)
+        live, todo = {self.accept}, [self.accept]
+        while todo:
+            for s in back[todo.pop()]:
+                if s not in live:
+                    live.add(s)
+                    todo.append(s)
+        return live
 
     def _closure(self, states) -> frozenset[int]:
         seen, todo = set(states), list(states)
@@ -367,7 +384,7 @@ class _LazyDfa(ByteMachine):
                 if t not in seen:
                     seen.add(t)
                     todo.append(t)
-        return frozenset(seen)
+        return frozenset(s for s in seen if s in self.live)
 
     def _id(self, states: frozenset[int]) -> int:
         sid = self.ids.get(states)
@@ -377,18 +394,6 @@ class _LazyDfa(ByteMachine):
             self.accepting.append(self.accept in states)
             self.dead_end.append(not any(self.nfa.trans[s] for s in states))
         return sid
-
-    def _can_finish(self, start: int) -> bool:
-        seen, todo = {start}, [start]
-        while todo:
-            s = todo.pop()
-            if s == self.accept:
-                return True
-            for t in self.nfa.eps[s] + [t for _, _, t in self.nfa.trans[s]]:
-                if t not in seen:
-                    seen.add(t)
-                    todo.append(t)
-        return False
 
     def start(self) -> int:
         return self.start_id
@@ -404,7 +409,7 @@ class _LazyDfa(ByteMachine):
         key = (state, b)
         if key in self.steps:
             return self.steps[key]
-        targets = [t for s in self.sets[state] for lo, hi, t in self.nfa.trans[s] if lo <= b <= hi]
+        targets = [t for s in self.sets[state] for lo, hi, t in self.nfa.trans[s] if lo <= b <= hi and t in self.live]
         nxt = self._id(self._closure(targets)) if targets else None
         self.steps[key] = nxt
         return nxt
