@@ -247,6 +247,26 @@ STRINGS = {"type": "string", "minLength": 2, "maxLength": 3}
 ARRAYS = {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2}
 
 
+def test_pattern_documents_agree_with_jsonschema():
+    """Pattern classes as jsonschema reads them (Python's `re.search`, Unicode classes), escapes decoded."""
+    cases = [("^\\W$", "é"), ("^\\D$", "٣"), ("^\\S$", "\xa0"), ("^[^\\w]$", "é"), ("^\\w+$", "héllo"),
+             ("ab", "xxabyy"), ("ab", "a\nb"), ("^a{,}$", "aaa"), ("^a{,}$", "a{,}"), ("b$", "ab\tb"),
+             ("^x", "\u2603x"), ("\\d{3}", "12٣4"), ("é", "\u00e9")]
+    for pattern, value in cases:
+        schema = {"type": "string", "pattern": pattern}
+        for ascii_only in (False, True):
+            text = json.dumps(value, ensure_ascii=ascii_only)
+            assert _accepts(schema, text) == _valid(schema, value), (pattern, text)
+
+
+@pytest.mark.parametrize("pattern", ["a)|(b", "a)(b", ")|(", "(a", "[a"])
+def test_patterns_python_refuses_are_refused_before_wrapping(pattern):
+    with pytest.raises(re.error):
+        re.compile(pattern)
+    with pytest.raises(SchemaError, match=re.escape(f"pattern {pattern!r}")):
+        compile_schema({"type": "string", "pattern": pattern})
+
+
 @pytest.mark.parametrize("schema,text", [
     (STRINGS, '""'), (STRINGS, '"a"'), (STRINGS, '"ab"'), (STRINGS, '"abc"'), (STRINGS, '"abcd"'),
     (STRINGS, '"é☃"'), (STRINGS, '"\\u00e9"'), (STRINGS, '"a\\n"'), (STRINGS, '"\\u00e9\\t\\""'),

@@ -152,6 +152,32 @@ def test_refused_patterns_are_named(pattern, message):
         RegexMachine(pattern)
 
 
+def test_empty_braces_repeat_like_python():
+    m = RegexMachine("a{,}")  # Python reads {,} as {0,}
+    for text in ("", "a", "aaa", "a{,}"):
+        assert _matches(m, text) == bool(re.fullmatch("a{,}", text)), text
+    with pytest.raises(RegexError, match="nothing to repeat"):
+        RegexMachine("{,}")
+
+
+def test_unicode_classes_are_pythons():
+    ascii_w, uni_w = RegexMachine(r"\w+"), RegexMachine(r"\w+", unicode=True)
+    for text in ("héllo", "日本語", "x_1", "٣", "a b", "\xa0"):
+        assert _matches(uni_w, text) == bool(re.fullmatch(r"\w+", text)), text
+        assert _matches(ascii_w, text) == bool(re.fullmatch(r"\w+", text, re.ASCII)), text
+    neg = RegexMachine(r"[^\d\s]\S", unicode=True)
+    for text in ("é٣", "a\xa0", "xy", "٣x", "\u2003y"):
+        assert _matches(neg, text) == bool(re.fullmatch(r"[^\d\s]\S", text)), text
+
+
+def test_choices_share_prefixes_and_refuse_bad_text():
+    many = [f"option number {i:05d}" for i in range(6000)]  # 6,000 x 19 bytes: far past the state limit unshared
+    m = ChoiceMachine(many)
+    assert _matches(m, "option number 04321") and not _matches(m, "option number 6000")
+    with pytest.raises(RegexError, match="lone surrogate"):
+        ChoiceMachine(["ok", "\ud800"])
+
+
 def test_sampling_params_check_the_pattern_and_refuse_combinations():
     with pytest.raises(ValueError, match="lookaround"):
         SamplingParams(regex="(?=a)").validate()

@@ -30,6 +30,29 @@ MAX_CODEPOINT = 0x10FFFF
 _DIGIT = [(0x30, 0x39)]
 _WORD = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
 _SPACE = [(0x09, 0x0D), (0x20, 0x20)]
+_ASCII_CLASSES = {"d": _DIGIT, "w": _WORD, "s": _SPACE}
+_unicode_classes: dict[str, list[tuple[int, int]]] = {}
+
+
+def unicode_classes() -> dict[str, list[tuple[int, int]]]:
+    """`\\d \\w \\s` as Python's `re` reads them without `re.ASCII` (str.isdecimal, isalnum or "_", isspace,
+    which is what `re` tests), as code point ranges; computed once (about half a second)."""
+    if not _unicode_classes:
+        tests = {"d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_", "s": str.isspace}
+        for name, test in tests.items():
+            ranges: list[tuple[int, int]] = []
+            start = None
+            for cp in range(MAX_CODEPOINT + 2):
+                inside = cp <= MAX_CODEPOINT and test(chr(cp))
+                if inside and start is None:
+                    start = cp
+                elif not inside and start is not None:
+                    ranges.append((start, cp - 1))
+                    start = None
+            _unicode_classes[name] = ranges
+    return _unicode_classes
+
+
 _SIMPLE_ESCAPES = {"n": 0x0A, "t": 0x09, "r": 0x0D, "f": 0x0C, "v": 0x0B, "a": 0x07, "0": 0x00}
 
 
@@ -98,8 +121,9 @@ def utf8_sequences(lo: int, hi: int) -> list[tuple[tuple[int, int], ...]]:
 class _Parser:
     """Pattern text -> tree: ("set", ranges) | ("cat", [..]) | ("alt", [..]) | ("rep", node, min, max|None)."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, unicode: bool = False):
         self.p, self.i = pattern, 0
+        self.classes = unicode_classes() if unicode else _ASCII_CLASSES
 
     def error(self, what: str, at: int | None = None) -> RegexError:
         at = self.i if at is None else at
@@ -184,7 +208,7 @@ class _Parser:
             return None
         body = self.p[at + 1:end]
         lo, comma, hi = body.partition(",")
-        if not (lo.isdigit() or (comma and lo == "")) or not (hi == "" or hi.isdigit()) or body == ",":
+        if not (lo.isdigit() or (comma and lo == "")) or not (hi == "" or hi.isdigit()):
             return None
         if not lo.isascii() or not hi.isascii():
             return None
@@ -217,9 +241,8 @@ class _Parser:
         if c is None:
             raise self.error("pattern ends with a lone backslash", start)
         self.i += 1
-        classes = {"d": _DIGIT, "w": _WORD, "s": _SPACE}
-        if c.lower() in classes:
-            ranges = classes[c.lower()]
+        if c.lower() in self.classes:
+            ranges = self.classes[c.lower()]
             return ranges if c.islower() else _complement(ranges)
         if c in _SIMPLE_ESCAPES and not (c == "0" and (self.peek() or "").isdigit()):
             return [(_SIMPLE_ESCAPES[c],) * 2]
@@ -289,7 +312,8 @@ class _Nfa:
 
     def new(self) -> int:
         if len(self.trans) >= MAX_STATES:
-            raise RegexError(f"the pattern needs more than {MAX_STATES} automaton states; use smaller repeat counts")
+            raise RegexError(f"the pattern needs more than {MAX_STATES} automaton states; use smaller repeat counts "
+                             "(or fewer, shorter choices)")
         self.trans.append([])
         self.eps.append([])
         return len(self.trans) - 1
@@ -333,14 +357,18 @@ class _Nfa:
                     self.eps[cur] += [a, e]
                     cur = b
             self.eps[cur].append(e)
-        elif kind == "lit":  # a byte string (choices)
-            cur = s
-            for k, byte in enumerate(node[1]):
-                nxt = e if k == len(node[1]) - 1 else self.new()
-                self.trans[cur].append((byte, byte, nxt))
-                cur = nxt
-            if not node[1]:
-                self.eps[s].append(e)
+        elif kind == "trie":  # byte strings (choices), sharing their prefixes
+            children: dict[tuple[int, int], int] = {}
+            for text in node[1]:
+                cur = s
+                for byte in text:
+                    nxt = children.get((cur, byte))
+                    if nxt is None:
+                        nxt = children[(cur, byte)] = self.new()
+                        self.trans[cur].append((byte, byte, nxt))
+                    cur = nxt
+                if e not in self.eps[cur]:
+                    self.eps[cur].append(e)
         else:  # pragma: no cover - the parser makes no other kinds
             raise AssertionError(kind)
         return s, e
@@ -359,7 +387,17 @@ class _LazyDfa(ByteMachine):
         self.live = self._co_reachable()
         if start not in self.live:
             raise RegexError(f"{what} matches no string")
+        self.nfa_start = start
         self.start_id = self._id(self._closure([start]))
+
+    def fresh(self) -> "_LazyDfa":
+        """The same automaton with empty caches (the NFA is shared): a schema compiled once and used by many
+        requests gives each of them its own, so the states one request's text visits are freed with it."""
+        out = object.__new__(type(self))
+        out.nfa, out.accept, out.live, out.nfa_start = self.nfa, self.accept, self.live, self.nfa_start
+        out.sets, out.ids, out.accepting, out.dead_end, out.steps = [], {}, [], [], {}
+        out.start_id = out._id(out._closure([self.nfa_start]))
+        return out
 
     def _co_reachable(self) -> set[int]:
         """The NFA states from which the accepting state can be reached. Only these enter a DFA state, so a state
@@ -416,15 +454,18 @@ class _LazyDfa(ByteMachine):
 
 
 class RegexMachine(_LazyDfa):
-    """The answer must match `pattern` as a whole (`re.fullmatch(pattern, answer, re.ASCII)`)."""
+    """The answer must match `pattern` as a whole: `re.fullmatch(pattern, answer, re.ASCII)`, or with `unicode`
+    Python's default classes (`\\d \\w \\s` over all of Unicode, as `jsonschema` reads a schema's `pattern`)."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, unicode: bool = False):
         if not isinstance(pattern, str):
             raise RegexError(f"a regex must be a string, got {type(pattern).__name__}")
-        tree = _Parser(pattern).parse()
+        tree = _Parser(pattern, unicode).parse()
         nfa = _Nfa()
         s, e = nfa.build(tree)
         super().__init__(nfa, s, e, f"regex {pattern!r}")
+
+
 
 
 class ChoiceMachine(_LazyDfa):
@@ -433,6 +474,10 @@ class ChoiceMachine(_LazyDfa):
     def __init__(self, options: Sequence[str]):
         if isinstance(options, str) or not options or not all(isinstance(o, str) for o in options):
             raise RegexError("choice must be a non-empty list of strings")
+        try:
+            texts = [o.encode() for o in dict.fromkeys(options)]
+        except UnicodeEncodeError as e:
+            raise RegexError(f"choice {e.object!r} is not valid text (a lone surrogate)") from None
         nfa = _Nfa()
-        s, e = nfa.build(("alt", [("lit", o.encode()) for o in dict.fromkeys(options)]))
+        s, e = nfa.build(("trie", texts))
         super().__init__(nfa, s, e, "choice")

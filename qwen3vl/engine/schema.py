@@ -90,6 +90,7 @@ class Node:
     hi: Bound = None
     texts: frozenset[bytes] = frozenset()  # enum: the values as JSON text
     regex: Any = None  # string with a `pattern`: a regex.RegexMachine over the string's value (see `search_form`)
+    open_end: bool = False  # the pattern is not anchored at the end: once it has matched, anything may follow
     alts: tuple[int, ...] = ()  # union: the alternatives
 
     @property
@@ -246,7 +247,8 @@ class _Compiler:
                 if "minLength" in schema or "maxLength" in schema:
                     raise SchemaError(f"{where}: pattern together with minLength/maxLength is not supported (put the "
                                       "length in the pattern: ^.{2,8}$)")
-                return self._add(Node("string", regex=pattern_machine(schema["pattern"], where)))
+                regex, open_end = pattern_machine(schema["pattern"], where)
+                return self._add(Node("string", regex=regex, open_end=open_end))
             return self._add(Node("string", min_len=lo, max_len=hi))
         if t in ("number", "integer"):
             return self._number(schema, t, where)
@@ -323,9 +325,11 @@ def _is_type(v: Any, t: str) -> bool:
             "boolean": isinstance(v, bool), "null": v is None}.get(t, False)
 
 
-def search_form(pattern: str) -> str:
+def search_form(pattern: str) -> tuple[str, bool]:
     """JSON Schema's `pattern` matches anywhere in the string unless anchored; `RegexMachine` matches the whole value.
-    So an unanchored side gets "anything" added: `ab` -> `[\\s\\S]*(?:ab)[\\s\\S]*`, `^ab$` -> `(?:ab)`."""
+    So an unanchored start gets "anything" in front: `ab` -> `[\\s\\S]*(?:ab)`, `^ab$` -> `(?:ab)`. An unanchored
+    end is returned as a flag instead (the machine switches to a plain string once the value has matched, rather
+    than carry "anything" behind it). Returns (the whole-match form, whether the end is open)."""
     depth, i, top_bar, in_class = 0, 0, False, False
     while i < len(pattern):  # is there a `|` outside groups and classes? then anchors do not span the alternatives
         c = pattern[i]
@@ -352,7 +356,7 @@ def search_form(pattern: str) -> str:
         raise ValueError("anchors with a top-level | are not supported (they apply to one alternative each); group "
                          "the alternatives: ^(a|b)$")
     inner = pattern[1 if start else 0:len(pattern) - 1 if end else len(pattern)]
-    return ("" if start else "[\\s\\S]*") + f"(?:{inner})" + ("" if end else "[\\s\\S]*")
+    return ("" if start else "[\\s\\S]*") + f"(?:{inner})", not end
 
 
 def _escaped_at(text: str, i: int) -> bool:
@@ -363,16 +367,20 @@ def _escaped_at(text: str, i: int) -> bool:
 
 
 def pattern_machine(pattern: Any, where: str):
-    from qwen3vl.engine.regex import RegexMachine
+    """(the automaton of `pattern` as JSON Schema reads it, whether its end is open); SchemaError if it cannot be
+    enforced. Classes are Python's Unicode ones, as `jsonschema` (`re.search`) reads them."""
+    from qwen3vl.engine.regex import RegexMachine, _Parser
 
     if not isinstance(pattern, str):
         raise SchemaError(f"{where}: pattern must be a string, got {pattern!r}")
     try:
-        form = search_form(pattern)
+        _Parser(pattern, unicode=True).parse()  # the pattern as written must parse (before any wrapping)
+        form, open_end = search_form(pattern)
     except ValueError as e:
-        raise SchemaError(f"{where}: pattern {pattern!r}: {e}") from None
+        msg = str(e).split(": ", 1)[-1] if str(e).startswith("regex ") else str(e)
+        raise SchemaError(f"{where}: pattern {pattern!r}: {msg}") from None
     try:
-        return RegexMachine(form)
+        return RegexMachine(form, unicode=True), open_end
     except ValueError as e:  # "regex '<the search form>': what, at position N (of the search form)"
         what = str(e).split(": ", 1)[-1] if str(e).startswith("regex ") else str(e)
         raise SchemaError(f"{where}: pattern {pattern!r} (read as {form!r}): {what}") from None
@@ -614,6 +622,19 @@ class SchemaMachine(ByteMachine):
         self.schema = schema if isinstance(schema, Schema) else compile_schema(schema)
         self.nodes = self.schema.nodes
         self._cache: dict[tuple, bool] = {}
+        self._regexes: dict[int, Any] = {}  # node -> this machine's own copy of its pattern automaton
+
+    def _regex(self, n: int):
+        rx = self._regexes.get(n)
+        if rx is None:
+            rx = self._regexes[n] = self.nodes[n].regex.fresh()
+        return rx
+
+    def _in_pattern(self, stack: tuple, n: int, state: int) -> Thread:
+        """The thread inside a pattern string after `state`; a plain string once an open-ended pattern matched."""
+        if self.nodes[n].open_end and self._regex(n).complete(state):
+            return (stack, STRING, n, (0, None), 0)
+        return (stack, PSTRING, n, state, 0)
 
     def _feasible(self, n: int, text: bytes, done: bool = False) -> bool:
         """`_number_feasible` (`_number_ok` when `done`), remembered: a vocabulary scan asks about the same few
@@ -749,37 +770,38 @@ class SchemaMachine(ByteMachine):
         only while some character it can still spell may come next; escaped surrogate pairs are not taken (the
         character is written as it is)."""
         stack, mode, n, aux, _ = t
-        regex = self.nodes[n].regex
+        regex = self._regex(n)
         if mode == PSTRING:
             if b == 0x22:
                 return [(stack, AFTER, None, None, 0)] if regex.complete(aux) else ()
             if b == 0x5C:
-                return [(stack, PESC, n, aux, 0)] if self._escapable(regex, aux) else ()
+                return [(stack, PESC, n, aux, 0)] if self._escapable(n, aux) else ()
             if b < 0x20:
                 return ()
             nxt = regex.feed(aux, b)
-            return () if nxt is None else [(stack, PSTRING, n, nxt, 0)]
+            return () if nxt is None else [self._in_pattern(stack, n, nxt)]
         if mode == PESC:
             if b == ord("u"):
-                return [(stack, PUHEX, n, (aux, ""), 0)] if self._spellable(regex, aux, "") else ()
+                return [(stack, PUHEX, n, (aux, ""), 0)] if self._spellable(n, aux, "") else ()
             nxt = regex.feed(aux, ESCAPED[b]) if b in ESCAPED else None
-            return () if nxt is None else [(stack, PSTRING, n, nxt, 0)]
+            return () if nxt is None else [self._in_pattern(stack, n, nxt)]
         state, digits = aux  # PUHEX
         if b not in HEX:
             return ()
         digits += chr(b).lower()
         if len(digits) < 4:
-            return [(stack, PUHEX, n, (state, digits), 0)] if self._spellable(regex, state, digits) else ()
+            return [(stack, PUHEX, n, (state, digits), 0)] if self._spellable(n, state, digits) else ()
         cp = int(digits, 16)
         nxt = None if 0xD800 <= cp <= 0xDFFF else regex.run(state, chr(cp).encode())
-        return () if nxt is None else [(stack, PSTRING, n, nxt, 0)]
+        return () if nxt is None else [self._in_pattern(stack, n, nxt)]
 
-    def _spellable(self, regex, state: int, digits: str) -> bool:
-        """Whether some character U+XXXX (not a surrogate) whose hex starts with `digits` may come next. Up to 65,536
-        candidates for a bare `\\u`, so the answer is remembered per (pattern, state, digits)."""
-        key = (id(regex), state, digits)
+    def _spellable(self, n: int, state: int, digits: str) -> bool:
+        """Whether some character U+XXXX (not a surrogate) whose hex starts with `digits` may come next in node n's
+        pattern. Up to 65,536 candidates for a bare `\\u`, so the answer is remembered."""
+        key = ("u", n, state, digits)
         hit = self._cache.get(key)
         if hit is None:
+            regex = self._regex(n)
             width = 16 ** (4 - len(digits))
             lo = int(digits, 16) * width if digits else 0
             hit = any(regex.run(state, chr(cp).encode()) is not None
@@ -789,8 +811,9 @@ class SchemaMachine(ByteMachine):
             self._cache[key] = hit
         return hit
 
-    def _escapable(self, regex, state: int) -> bool:
-        return any(regex.feed(state, v) is not None for v in ESCAPED.values()) or self._spellable(regex, state, "")
+    def _escapable(self, n: int, state: int) -> bool:
+        regex = self._regex(n)
+        return any(regex.feed(state, v) is not None for v in ESCAPED.values()) or self._spellable(n, state, "")
 
     def _start(self, stack: tuple, n: int, b: int) -> list[Thread]:
         node = self.nodes[n]
@@ -811,7 +834,7 @@ class SchemaMachine(ByteMachine):
             if b != 0x22:
                 return []
             if node.regex is not None:
-                return [(stack, PSTRING, n, node.regex.start(), 0)]
+                return [self._in_pattern(stack, n, self._regex(n).start())]
             return [(stack, STRING, n, (0, None), 0)]
         if kind in ("number", "integer"):
             mode = N_MINUS if b == ord("-") else (JsonMachine._number(N_MINUS, b) if b in DIGITS else None)

@@ -91,6 +91,9 @@ def load_shard(model, folder: Path, plan: ShardPlan, dtype: torch.dtype, device:
         if source.kind == "plain" and name + fp8.SCALE_SUFFIX not in index:
             with safe_open(folder / file, framework="pt") as h:
                 t = _read(h, name, plan.get(name), file)
+                if t.dtype in fp8.FP8_DTYPES:
+                    raise CheckpointError(f"{file}: tensor {name} is stored as {t.dtype} without "
+                                          f"{name}{fp8.SCALE_SUFFIX}; an FP8 weight needs its scales")
                 try:
                     t = to_model_layout(name, t, params[name].shape, prefer_transposed)
                 except ValueError as e:
@@ -121,7 +124,7 @@ def _read_whole(folder: Path, index: dict[str, str], name: str, source, shard: S
     file = index[source.names[0]]
     try:
         t = fp8.read_param(source, get, index.__contains__, scheme, dtype)
-        t = to_model_layout(name, t, torch.Size(full_shape), prefer_transposed)
+        t = to_model_layout(name, t, torch.Size(full_shape), prefer_transposed and source.kind == "plain")
     except ValueError as e:
         raise CheckpointError(f"{file}: {e}") from e
     if shard is None:

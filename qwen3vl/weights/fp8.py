@@ -95,6 +95,10 @@ def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, 
         raise QuantizationError(
             f"tensor {name}{SCALE_SUFFIX} has shape {tuple(s.shape)}; a {tuple(w.shape)} weight in "
             f"{block[0]}x{block[1]} blocks needs {grid}")
+    if rows % block[0] == 0 and cols % block[1] == 0:  # whole blocks: scale each in place, no expanded grid
+        blocks = w.view(*w.shape[:-2], grid[-2], block[0], grid[-1], block[1])
+        blocks.mul_(s.unsqueeze(-1).unsqueeze(-3))
+        return w.to(dtype)
     s = s.repeat_interleave(block[0], dim=-2)[..., :rows, :].repeat_interleave(block[1], dim=-1)[..., :cols]
     return (w * s).to(dtype)
 

@@ -138,7 +138,8 @@ def load_weights(model, folder: Path, dtype: torch.dtype, device: torch.device, 
         for name, source in sorted(sources.items(), key=lambda kv: (index[kv[1].names[0]], kv[0])):
             try:
                 t = fp8.read_param(source, get, index.__contains__, scheme, dtype)
-                t = to_model_layout(name, t, expected[name], prefer_transposed)
+                # experts put together from per-expert pieces are in the published layout whatever wrote the file
+                t = to_model_layout(name, t, expected[name], prefer_transposed and source.kind == "plain")
             except (ValueError, RuntimeError) as e:
                 if isinstance(e, CheckpointError):
                     raise
