@@ -152,6 +152,18 @@ def test_refused_patterns_are_named(pattern, message):
         RegexMachine(pattern)
 
 
+def test_past_the_state_cache_the_answers_stay_the_same(monkeypatch):
+    """An exponential DFA ([ab]*a[ab]{8}: 512 states) with a cache of 50: later states are computed afresh."""
+    import qwen3vl.engine.regex as regex_module
+
+    monkeypatch.setattr(regex_module, "MAX_DFA_STATES", 50)
+    m, rx = RegexMachine(r"[ab]*a[ab]{8}"), re.compile(r"[ab]*a[ab]{8}")
+    rng = random.Random(0)
+    for _ in range(600):
+        _check(m, rx, "".join(rng.choice("ab") for _ in range(rng.randint(0, 24))))
+    assert len(m.sets) == 50
+
+
 def test_empty_braces_repeat_like_python():
     m = RegexMachine("a{,}")  # Python reads {,} as {0,}
     for text in ("", "a", "aaa", "a{,}"):

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from qwen3vl.engine.constrain import ByteMachine
 
 MAX_STATES = 50_000
+MAX_DFA_STATES = 20_000  # cached DFA states per machine; past it, new states are sets computed afresh at each step
 MAX_CODEPOINT = 0x10FFFF
 _DIGIT = [(0x30, 0x39)]
 _WORD = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
@@ -375,7 +376,9 @@ class _Nfa:
 
 
 class _LazyDfa(ByteMachine):
-    """An NFA run as a DFA built on demand. States are small ints; `feed` caches every step it computes."""
+    """An NFA run as a DFA built on demand. States are small ints; `feed` caches every step it computes. A pattern
+    whose DFA is exponential (`[ab]*a[ab]{20}`) could fill memory that way, so past `MAX_DFA_STATES` a new state is
+    handed out as its NFA-state set itself, not cached: the same answers, computed at every step."""
 
     def __init__(self, nfa: _Nfa, start: int, accept: int, what: str):
         self.nfa, self.accept = nfa, accept
@@ -436,20 +439,32 @@ class _LazyDfa(ByteMachine):
     def start(self) -> int:
         return self.start_id
 
-    def complete(self, state: int) -> bool:
-        return self.accepting[state]
+    def complete(self, state: int | frozenset) -> bool:
+        return self.accept in state if isinstance(state, frozenset) else self.accepting[state]
 
-    def final(self, state: int) -> bool:
+    def final(self, state: int | frozenset) -> bool:
         """Nothing may follow: only the end of the answer."""
+        if isinstance(state, frozenset):
+            return not any(self.nfa.trans[s] for s in state)
         return self.dead_end[state]
 
-    def feed(self, state: int, b: int) -> int | None:
-        key = (state, b)
-        if key in self.steps:
-            return self.steps[key]
-        targets = [t for s in self.sets[state] for lo, hi, t in self.nfa.trans[s] if lo <= b <= hi and t in self.live]
-        nxt = self._id(self._closure(targets)) if targets else None
-        self.steps[key] = nxt
+    def feed(self, state: int | frozenset, b: int) -> int | frozenset | None:
+        uncached = isinstance(state, frozenset)
+        if not uncached:
+            key = (state, b)
+            if key in self.steps:
+                return self.steps[key]
+        states = state if uncached else self.sets[state]
+        targets = [t for s in states for lo, hi, t in self.nfa.trans[s] if lo <= b <= hi and t in self.live]
+        if not targets:
+            nxt = None
+        else:
+            closure = self._closure(targets)
+            nxt = self.ids.get(closure)
+            if nxt is None:
+                nxt = self._id(closure) if len(self.sets) < MAX_DFA_STATES else closure
+        if not uncached and not isinstance(nxt, frozenset):
+            self.steps[key] = nxt
         return nxt
 
 
