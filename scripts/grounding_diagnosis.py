@@ -4,7 +4,7 @@ neither), or on nothing.
 
     .venv/bin/python scripts/grounding_diagnosis.py [--model DIR] [--seed 2] [--n 200]
 
-Prints one JSON object (docs/TRAINING.md, "Why grounding stays near 55%"):
+Prints one JSON object (docs/TRAINING.md, "Why grounding stays near 55-63%"):
 
 * `by_objects`: for scenes of 1, 2, 3 and 4 objects, how many questions and how many hits (IoU >= 0.5, the score);
 * `misses`: `on_target` (the box overlaps the asked object more than any other, IoU < 0.5), `other_object` (it

@@ -4,7 +4,7 @@ whether its visual tokens say which colours are in a frame (a linear probe, agai
     .venv/bin/python scripts/video_diagnosis.py [--model DIR] [--seed 2] [--clips 150] [--probe-clips 200]
                                                 [--probe-images 800]
 
-Prints one JSON object per part (docs/TRAINING.md, "Why video time stays at guessing level"):
+Prints one JSON object per part (docs/TRAINING.md, "Video time: from guessing to reading the clip"):
 
 * `answers`: of `--clips` video-time questions, how many answers are within 1 s of the asked event (`hit`, the
   score), within 1 s of the clip's other event (`other`), and the most frequent answer with its share;
