@@ -119,10 +119,10 @@ class Engine:
         if params.regex is not None or params.choice is not None:
             if self.token_bytes is None:
                 raise ValueError("regex / choice need the engine to know the token bytes (Engine(token_bytes=...))")
-            from qwen3vl.engine.regex import ChoiceMachine, RegexMachine
+            from qwen3vl.engine.regex import compile_constraint
 
             # one machine for the request's sequences: its lazily built steps are shared
-            pattern = RegexMachine(params.regex) if params.regex is not None else ChoiceMachine(params.choice)
+            pattern = compile_constraint(params.regex, params.choice)
         forced = params.forced_tool_calls
         if forced is not None:
             if self.token_bytes is None or self.tool_call_ids is None:

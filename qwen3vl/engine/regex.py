@@ -21,6 +21,7 @@ would need more than `MAX_STATES` NFA states (a large `{m,n}`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from qwen3vl.engine.constrain import ByteMachine
@@ -125,6 +126,7 @@ class _Parser:
     def __init__(self, pattern: str, unicode: bool = False):
         self.p, self.i = pattern, 0
         self.classes = unicode_classes() if unicode else _ASCII_CLASSES
+        self.anchored_start = self.anchored_end = False  # a leading `^` / trailing `$` was read
 
     def error(self, what: str, at: int | None = None) -> RegexError:
         at = self.i if at is None else at
@@ -172,10 +174,12 @@ class _Parser:
         if c == "^":
             if start != 0:
                 raise self.error("'^' is only supported at the start of the pattern", start)
+            self.anchored_start = True
             return None
         if c == "$":
             if self.i != len(self.p):
                 raise self.error("'$' is only supported at the end of the pattern", start)
+            self.anchored_end = True
             return None
         if c in "*+?":
             raise self.error(f"nothing to repeat before {c!r}", start)
@@ -380,6 +384,8 @@ class _LazyDfa(ByteMachine):
     whose DFA is exponential (`[ab]*a[ab]{20}`) could fill memory that way, so past `MAX_DFA_STATES` a new state is
     handed out as its NFA-state set itself, not cached: the same answers, computed at every step."""
 
+    open_end = False  # RegexMachine(search=True): the pattern's end is not anchored
+
     def __init__(self, nfa: _Nfa, start: int, accept: int, what: str):
         self.nfa, self.accept = nfa, accept
         self.sets: list[frozenset[int]] = []
@@ -398,6 +404,7 @@ class _LazyDfa(ByteMachine):
         requests gives each of them its own, so the states one request's text visits are freed with it."""
         out = object.__new__(type(self))
         out.nfa, out.accept, out.live, out.nfa_start = self.nfa, self.accept, self.live, self.nfa_start
+        out.open_end = self.open_end
         out.sets, out.ids, out.accepting, out.dead_end, out.steps = [], {}, [], [], {}
         out.start_id = out._id(out._closure([self.nfa_start]))
         return out
@@ -470,15 +477,43 @@ class _LazyDfa(ByteMachine):
 
 class RegexMachine(_LazyDfa):
     """The answer must match `pattern` as a whole: `re.fullmatch(pattern, answer, re.ASCII)`, or with `unicode`
-    Python's default classes (`\\d \\w \\s` over all of Unicode, as `jsonschema` reads a schema's `pattern`)."""
+    Python's default classes (`\\d \\w \\s` over all of Unicode, as `jsonschema` reads a schema's `pattern`).
 
-    def __init__(self, pattern: str, unicode: bool = False):
+    With `search`, JSON Schema's reading instead (`re.search`): unless the pattern starts with `^`, any text may come
+    before the match. An end not anchored by `$` is left to the caller (`open_end`): once the value has matched,
+    anything may follow, which is cheaper to say by leaving the machine than by carrying "anything" in it."""
+
+    def __init__(self, pattern: str, unicode: bool = False, search: bool = False):
         if not isinstance(pattern, str):
             raise RegexError(f"a regex must be a string, got {type(pattern).__name__}")
-        tree = _Parser(pattern, unicode).parse()
+        parser = _Parser(pattern, unicode)
+        tree = parser.parse()
+        self.open_end = False
+        if search:
+            if tree[0] == "alt" and (parser.anchored_start or parser.anchored_end):
+                raise RegexError(f"regex {pattern!r}: anchors with a top-level | are not supported (they apply to one "
+                                 "alternative each); group the alternatives: ^(a|b)$")
+            if not parser.anchored_start:
+                tree = ("cat", [("rep", ("set", [(0, MAX_CODEPOINT)]), 0, None), tree])
+            self.open_end = not parser.anchored_end
         nfa = _Nfa()
         s, e = nfa.build(tree)
         super().__init__(nfa, s, e, f"regex {pattern!r}")
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled(regex: str | None, choice: tuple[str, ...] | None) -> _LazyDfa:
+    return RegexMachine(regex) if regex is not None else ChoiceMachine(choice)
+
+
+def compile_constraint(regex: str | None = None, choice: Sequence[str] | None = None) -> _LazyDfa:
+    """The machine for a request's `regex` or `choice`: compiled once per distinct pattern (a request's is checked
+    when its parameters are validated and used again where its sequences start, and clients repeat patterns), and
+    handed out as a `fresh` copy, so the DFA states one request visits are freed with it. RegexError names what
+    cannot be enforced."""
+    if choice is not None and not (isinstance(choice, (list, tuple)) and all(isinstance(o, str) for o in choice)):
+        raise RegexError("choice must be a non-empty list of strings")
+    return _compiled(regex, tuple(choice) if choice is not None else None).fresh()
 
 
 

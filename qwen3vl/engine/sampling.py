@@ -81,7 +81,7 @@ class SamplingParams:
             compile_schema(self.json_schema)  # SchemaError (a ValueError) names what cannot be enforced
             self.json_mode = True
         if self.regex is not None or self.choice is not None:
-            from qwen3vl.engine.regex import ChoiceMachine, RegexMachine
+            from qwen3vl.engine.regex import compile_constraint
 
             if self.regex is not None and self.choice is not None:
                 bad("regex", "cannot be combined with choice")
@@ -92,9 +92,7 @@ class SamplingParams:
                 bad(name, "cannot be combined with forced tool calls")
             if self.ignore_eos:
                 bad("ignore_eos", f"cannot be combined with {name} (the answer ends with its match)")
-            if self.choice is not None:
-                self.choice = list(self.choice) if isinstance(self.choice, (list, tuple)) else self.choice
-            RegexMachine(self.regex) if self.regex is not None else ChoiceMachine(self.choice)  # RegexError names it
+            compile_constraint(self.regex, self.choice)  # RegexError (a ValueError) names what cannot be enforced
         if self.forced_tool_calls is not None:
             if self.json_mode:
                 bad("json_mode", "cannot be combined with forced tool calls")

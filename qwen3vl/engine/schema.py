@@ -30,8 +30,8 @@ before the top-level value and runs of whitespace longer than `WS_BASE + WS_PER_
 `MAX_DEPTH`; numbers longer than `MAX_NUMBER` characters; malformed UTF-8; in objects that allow no undeclared
 names, a declared name spelled other than as `json.dumps` spells it (`\\u0061` for `a`); escaped surrogate pairs in
 strings with a length limit or a pattern (the character is written as it is); integers with a fraction (`1.0`, which
-JSON Schema counts as an integer); exponents in numbers that have bounds; duplicate keys; `enum`/`const` values that are objects
-or arrays in any spelling but `json.dumps`'s two (`", "`/`": "` or compact). Bounds are checked on the exact decimal
+JSON Schema counts as an integer); exponents in numbers that have bounds; duplicate keys; `enum`/`const` values that
+are objects or arrays in any spelling but `json.dumps`'s two (`", "`/`": "` or compact). Bounds are checked on the exact decimal
 and on the float a validator reads. Not enforced: the "exactly one" of `oneOf` (it is read as `anyOf`; pydantic's tagged unions are disjoint).
 """
 
@@ -89,8 +89,7 @@ class Node:
     lo: Bound = None
     hi: Bound = None
     texts: frozenset[bytes] = frozenset()  # enum: the values as JSON text
-    regex: Any = None  # string with a `pattern`: a regex.RegexMachine over the string's value (see `search_form`)
-    open_end: bool = False  # the pattern is not anchored at the end: once it has matched, anything may follow
+    regex: Any = None  # string with a `pattern`: a regex.RegexMachine(search=True) over the string's value
     alts: tuple[int, ...] = ()  # union: the alternatives
 
     @property
@@ -247,8 +246,7 @@ class _Compiler:
                 if "minLength" in schema or "maxLength" in schema:
                     raise SchemaError(f"{where}: pattern together with minLength/maxLength is not supported (put the "
                                       "length in the pattern: ^.{2,8}$)")
-                regex, open_end = pattern_machine(schema["pattern"], where)
-                return self._add(Node("string", regex=regex, open_end=open_end))
+                return self._add(Node("string", regex=pattern_machine(schema["pattern"], where)))
             return self._add(Node("string", min_len=lo, max_len=hi))
         if t in ("number", "integer"):
             return self._number(schema, t, where)
@@ -325,65 +323,18 @@ def _is_type(v: Any, t: str) -> bool:
             "boolean": isinstance(v, bool), "null": v is None}.get(t, False)
 
 
-def search_form(pattern: str) -> tuple[str, bool]:
-    """JSON Schema's `pattern` matches anywhere in the string unless anchored; `RegexMachine` matches the whole value.
-    So an unanchored start gets "anything" in front: `ab` -> `[\\s\\S]*(?:ab)`, `^ab$` -> `(?:ab)`. An unanchored
-    end is returned as a flag instead (the machine switches to a plain string once the value has matched, rather
-    than carry "anything" behind it). Returns (the whole-match form, whether the end is open)."""
-    depth, i, top_bar, in_class = 0, 0, False, False
-    while i < len(pattern):  # is there a `|` outside groups and classes? then anchors do not span the alternatives
-        c = pattern[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-            if pattern[i + 1:i + 2] == "]" or pattern[i + 1:i + 3] == "^]":
-                i += 2 if pattern[i + 1] == "]" else 3
-                continue
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            top_bar = True
-        i += 1
-    start = pattern.startswith("^")
-    end = pattern.endswith("$") and not _escaped_at(pattern, len(pattern) - 1)
-    if top_bar and (start or end):
-        raise ValueError("anchors with a top-level | are not supported (they apply to one alternative each); group "
-                         "the alternatives: ^(a|b)$")
-    inner = pattern[1 if start else 0:len(pattern) - 1 if end else len(pattern)]
-    return ("" if start else "[\\s\\S]*") + f"(?:{inner})", not end
-
-
-def _escaped_at(text: str, i: int) -> bool:
-    n = 0
-    while i - 1 - n >= 0 and text[i - 1 - n] == "\\":
-        n += 1
-    return n % 2 == 1
-
-
 def pattern_machine(pattern: Any, where: str):
-    """(the automaton of `pattern` as JSON Schema reads it, whether its end is open); SchemaError if it cannot be
-    enforced. Classes are Python's Unicode ones, as `jsonschema` (`re.search`) reads them."""
-    from qwen3vl.engine.regex import RegexMachine, _Parser
+    """The automaton of `pattern` as JSON Schema reads it (`RegexMachine(search=True)`: a match anywhere unless
+    anchored, Python's Unicode classes, as `jsonschema`'s `re.search`); SchemaError if it cannot be enforced."""
+    from qwen3vl.engine.regex import RegexMachine
 
     if not isinstance(pattern, str):
         raise SchemaError(f"{where}: pattern must be a string, got {pattern!r}")
     try:
-        _Parser(pattern, unicode=True).parse()  # the pattern as written must parse (before any wrapping)
-        form, open_end = search_form(pattern)
-    except ValueError as e:
-        msg = str(e).split(": ", 1)[-1] if str(e).startswith("regex ") else str(e)
-        raise SchemaError(f"{where}: pattern {pattern!r}: {msg}") from None
-    try:
-        return RegexMachine(form, unicode=True), open_end
-    except ValueError as e:  # "regex '<the search form>': what, at position N (of the search form)"
+        return RegexMachine(pattern, unicode=True, search=True)
+    except ValueError as e:  # "regex '<pattern>': what, at position N"
         what = str(e).split(": ", 1)[-1] if str(e).startswith("regex ") else str(e)
-        raise SchemaError(f"{where}: pattern {pattern!r} (read as {form!r}): {what}") from None
+        raise SchemaError(f"{where}: pattern {pattern!r}: {what}") from None
 
 
 @dataclass(frozen=True)
@@ -632,7 +583,8 @@ class SchemaMachine(ByteMachine):
 
     def _in_pattern(self, stack: tuple, n: int, state: int) -> Thread:
         """The thread inside a pattern string after `state`; a plain string once an open-ended pattern matched."""
-        if self.nodes[n].open_end and self._regex(n).complete(state):
+        regex = self._regex(n)
+        if regex.open_end and regex.complete(state):
             return (stack, STRING, n, (0, None), 0)
         return (stack, PSTRING, n, state, 0)
 
