@@ -21,7 +21,8 @@ from qwen3vl.parallel.plan import Shard
 from qwen3vl.parallel.tensor_parallel import ShardPlan, parallelize
 from qwen3vl.weights import fp8
 from qwen3vl.weights.layout import expert_kind, to_model_layout
-from qwen3vl.weights.loader import CheckpointError, build_empty, finish_load, parse_dtype, tensor_index
+from qwen3vl.weights.loader import (CheckpointError, build_empty, file_says_transformers5, finish_load, parse_dtype,
+                                    plan_checkpoint, tensor_index)
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +63,9 @@ def load_shard(model, folder: Path, plan: ShardPlan, dtype: torch.dtype, device:
     cfg = model.config
     index = tensor_index(folder)
     params = dict(model.named_parameters(remove_duplicate=True))
-    tied = cfg.tie_word_embeddings
-    try:
-        scheme = fp8.read_scheme(cfg.quantization_config)
-        full = {n: torch.Size(plan[n].full_shape) if plan.get(n) is not None else p.shape for n, p in params.items()}
-        sources, unclaimed = fp8.plan_sources(index, full)
-    except fp8.QuantizationError as e:
-        raise CheckpointError(f"checkpoint {folder}: {e}") from e
-    missing = [n for n in params if n not in sources]
-    if missing:
-        raise CheckpointError(f"checkpoint {folder} is missing tensor {missing[0]}"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    unexpected = [n for n in unclaimed if not (tied and n == "lm_head.weight")]
-    if unexpected:
-        raise CheckpointError(f"checkpoint file {index[unexpected[0]]} has unexpected tensor {unexpected[0]}"
-                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-    version = cfg.transformers_version or ""
-    prefer_transposed = version[:1].isdigit() and int(version.split(".")[0]) >= 5
+    full = {n: torch.Size(plan[n].full_shape) if plan.get(n) is not None else p.shape for n, p in params.items()}
+    scheme, sources = plan_checkpoint(folder, cfg, index, full, tied_head_optional=False)
+    prefer_transposed = file_says_transformers5(folder, cfg)
     names = sorted(params, key=lambda n: (index[sources[n].names[0]], n))
     bar = None
     if progress:
@@ -91,10 +78,8 @@ def load_shard(model, folder: Path, plan: ShardPlan, dtype: torch.dtype, device:
         if source.kind == "plain" and name + fp8.SCALE_SUFFIX not in index:
             with safe_open(folder / file, framework="pt") as h:
                 t = _read(h, name, plan.get(name), file)
-                if t.dtype in fp8.FP8_DTYPES:
-                    raise CheckpointError(f"{file}: tensor {name} is stored as {t.dtype} without "
-                                          f"{name}{fp8.SCALE_SUFFIX}; an FP8 weight needs its scales")
                 try:
+                    fp8.require_scale(name, t)
                     t = to_model_layout(name, t, params[name].shape, prefer_transposed)
                 except ValueError as e:
                     raise CheckpointError(f"{file}: {e}") from e

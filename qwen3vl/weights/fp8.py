@@ -147,6 +147,13 @@ def plan_sources(index: Iterable[str], expected: dict[str, torch.Size]) -> tuple
     return sources, sorted(names - claimed)
 
 
+def require_scale(name: str, t: torch.Tensor) -> None:
+    """A tensor read without a scale must not be FP8: its bytes alone are not the weight."""
+    if t.dtype in FP8_DTYPES:
+        raise QuantizationError(
+            f"tensor {name} is stored as {t.dtype} without {name}{SCALE_SUFFIX}; an FP8 weight needs its scales")
+
+
 def read_param(source: Source, get: Callable[[str], torch.Tensor], has: Callable[[str], bool],
                scheme: Fp8Scheme | None, dtype: torch.dtype) -> torch.Tensor:
     """One parameter's value: its tensors read with `get`, dequantized where they have a scale, and fused experts
@@ -158,9 +165,8 @@ def read_param(source: Source, get: Callable[[str], torch.Tensor], has: Callable
         if has(name + SCALE_SUFFIX):
             block = scheme.block if scheme is not None else None
             t = dequantize(t, get(name + SCALE_SUFFIX), block, name, dtype)
-        elif t.dtype in FP8_DTYPES:
-            raise QuantizationError(
-                f"tensor {name} is stored as {t.dtype} without {name}{SCALE_SUFFIX}; an FP8 weight needs its scales")
+        else:
+            require_scale(name, t)
         out.append(t)
     if source.kind == "plain":
         return out[0]

@@ -64,7 +64,7 @@ def tensor_index(folder: Path) -> dict[str, str]:
     return out
 
 
-def _file_says_transformers5(folder: Path, cfg: Qwen3VLConfig) -> bool:
+def file_says_transformers5(folder: Path, cfg: Qwen3VLConfig) -> bool:
     version = cfg.transformers_version or ""
     return version[:1].isdigit() and int(version.split(".")[0]) >= 5
 
@@ -92,18 +92,18 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | str | None = None, de
     return model.eval()
 
 
-def load_weights(model, folder: Path, dtype: torch.dtype, device: torch.device, progress: bool = False) -> None:
-    """Fill a meta-device model's parameters from the checkpoint folder (FP8 and per-expert files too: fp8.py)."""
-    cfg: Qwen3VLConfig = model.config
-    index = tensor_index(folder)
-    expected = {n: p.shape for n, p in model.named_parameters(remove_duplicate=True)}
+def plan_checkpoint(folder: Path, cfg: Qwen3VLConfig, index: dict[str, str], expected: dict[str, torch.Size],
+                    tied_head_optional: bool = True) -> tuple[fp8.Fp8Scheme | None, dict[str, fp8.Source]]:
+    """Which checkpoint tensors fill each expected parameter (of the full, unsplit shape), and the FP8 scheme; a
+    missing or unexpected tensor, or a quantization we cannot read, is a CheckpointError naming it. A tied head's
+    `lm_head.weight` may always be in the file, and may be absent unless `tied_head_optional` is False."""
     tied = cfg.tie_word_embeddings
     try:
         scheme = fp8.read_scheme(cfg.quantization_config)
         sources, unclaimed = fp8.plan_sources(index, expected)
     except fp8.QuantizationError as e:
         raise CheckpointError(f"checkpoint {folder}: {e}") from e
-    missing = [n for n in expected if n not in sources and not (tied and n == "lm_head.weight")]
+    missing = [n for n in expected if n not in sources and not (tied and tied_head_optional and n == "lm_head.weight")]
     if missing:
         raise CheckpointError(
             f"checkpoint {folder} is missing tensor {missing[0]}"
@@ -113,9 +113,18 @@ def load_weights(model, folder: Path, dtype: torch.dtype, device: torch.device, 
         raise CheckpointError(
             f"checkpoint file {index[unexpected[0]]} has unexpected tensor {unexpected[0]}"
             + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    return scheme, sources
+
+
+def load_weights(model, folder: Path, dtype: torch.dtype, device: torch.device, progress: bool = False) -> None:
+    """Fill a meta-device model's parameters from the checkpoint folder (FP8 and per-expert files too: fp8.py)."""
+    cfg: Qwen3VLConfig = model.config
+    index = tensor_index(folder)
+    expected = {n: p.shape for n, p in model.named_parameters(remove_duplicate=True)}
+    scheme, sources = plan_checkpoint(folder, cfg, index, expected)
     if scheme is not None:
         log.info("dequantizing the FP8 weights of %s to %s", folder, dtype)
-    prefer_transposed = _file_says_transformers5(folder, cfg)
+    prefer_transposed = file_says_transformers5(folder, cfg)
     bar = None
     if progress:
         from tqdm import tqdm
