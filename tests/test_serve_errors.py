@@ -274,7 +274,10 @@ def test_clients_that_go_away_are_aborted(server):
         httpx.post(server.url + "/v1/chat/completions", json=long, timeout=0.5)
     m = _wait_idle(server, timeout=3)
     assert m["qwen3vl_num_requests_running"] == 0 and m["qwen3vl_kv_cache_blocks_used"] == 0
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**long, "stream": True}) as resp:
+    # with logprobs every step sends a chunk: the random model often writes "<tool_call>" early, after which the
+    # stream holds its text back to the end (a possible tool call), and without them no line would come in time
+    with httpx.stream("POST", server.url + "/v1/chat/completions",
+                      json={**long, "stream": True, "logprobs": True}) as resp:
         for i, _ in enumerate(resp.iter_lines()):
             if i == 4:
                 break  # leaving the block closes the connection mid-stream
