@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qwen3vl.config import Qwen3VLConfig
+from qwen3vl.model.cpu_threads import warm_cpu_threads
 from qwen3vl.model.positions import get_rope_index
 from qwen3vl.model.text import AttentionBackend, CausalAttention, TextModel
 from qwen3vl.model.vision import VisionModel
@@ -63,6 +64,7 @@ class Qwen3VLForConditionalGeneration(nn.Module):
     def encode_vision(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor | list) -> VisionFeatures:
         """Run the ViT over images or videos (grids (n, 3)); rows in the order their pad tokens appear."""
         visual = self.model.visual
+        warm_cpu_threads(self.device)
         embeds, deep = visual(pixel_values.to(device=self.device, dtype=visual.dtype), grid_thw)
         return VisionFeatures(embeds, deep)
 
@@ -81,6 +83,7 @@ class Qwen3VLForConditionalGeneration(nn.Module):
 
     def decode(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, backend: AttentionBackend,
                visual_mask: torch.Tensor | None = None, deepstack: list[torch.Tensor] | None = None) -> torch.Tensor:
+        warm_cpu_threads(inputs_embeds.device)
         return self.model.language_model(inputs_embeds, positions, backend, visual_mask, deepstack)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
