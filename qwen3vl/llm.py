@@ -22,7 +22,7 @@ from qwen3vl.engine.engine import Engine, EngineConfig, StepOutput
 from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, parse_output
 from qwen3vl.engine.sampling import SamplingParams, from_generation_config
 from qwen3vl.engine.sequence import MediaItem, Sequence
-from qwen3vl.engine.tool_constraint import forced_calls
+from qwen3vl.engine.tool_constraint import ForcedCalls, forced_calls
 from qwen3vl.weights.adapters import AdapterError
 
 log = logging.getLogger(__name__)
@@ -256,9 +256,10 @@ class LLM:
         """`tool_choice`: None/"auto" (the model decides), "none" (tools hidden), "required" (at least one call)
         or a function's name (a call to it). Forced calls are constrained to the tools' schemas; a function whose
         parameters cannot be enforced (a `multipleOf`, say) is a SchemaError naming it (pass tool_choice=None to let
-        the model decide unconstrained)."""
+        the model decide). With "auto" a call the model chooses to open is constrained the same way
+        (`auto_tool_calls`), or left free when the schemas cannot be enforced."""
         if tool_choice in (None, "auto"):
-            return tools, sampling
+            return tools, {**sampling, "forced_tool_calls": self.auto_tool_calls(tools, sampling)}
         if tool_choice == "none":
             return None, sampling
         if not tools:
@@ -267,6 +268,19 @@ class LLM:
             raise ValueError("this tokenizer has no <tool_call>/</tool_call> tokens to force a call with")
         forced = forced_calls(tools, None if tool_choice == "required" else tool_choice, opened=False)
         return tools, {**sampling, "forced_tool_calls": forced}
+
+    def auto_tool_calls(self, tools: Any, sampling: dict) -> ForcedCalls | None:
+        """The lazy constraint for tool_choice "auto": a call the model opens is valid against its function's schema
+        (tool_constraint.py). None (unconstrained) without tools, beside another constraint, when
+        the tokenizer has no <tool_call> tokens, or when some function's parameters cannot be enforced."""
+        if not tools or self.engine.tool_call_ids is None or self.engine.token_bytes is None:
+            return None
+        if any(sampling.get(k) for k in ("json_mode", "json_schema", "regex", "choice", "forced_tool_calls")):
+            return sampling.get("forced_tool_calls")
+        try:
+            return forced_calls(tools, lazy=True)
+        except ValueError:  # a SchemaError: that function's parameters cannot be enforced
+            return None
 
     def chat_batch(self, conversations: list[Any], *, tools: Any = None, add_vision_id: bool = False,
                    progress: bool = False, tool_choice: str | None = None, **sampling) -> list[ChatResult]:

@@ -1,5 +1,6 @@
 """Forced tool calls: with tool_choice "required" or a named function the answer is tool calls as the chat template
-writes them, each valid against its function's parameters schema (checked with the `jsonschema` validator)."""
+writes them, each valid against its function's parameters schema (checked with the `jsonschema` validator). With
+"auto" the answer is free, and only a call the model opens is held to the same rules."""
 
 from __future__ import annotations
 
@@ -158,6 +159,44 @@ def test_a_stop_token_that_is_also_a_tag_and_a_thinking_model_that_must_get_to_i
     assert not thinking.allows(EOS) and thinking.allows(14)  # no end before </think>: the call must come
 
 
+def _lazy(activate_after=None) -> ToolCallConstraint:
+    return ToolCallConstraint(lambda t: VOCAB[t], (EOS,), forced_calls(TOOLS, lazy=True), OPEN, CLOSE,
+                              activate_after=activate_after)
+
+
+def test_auto_calls_are_free_until_opened_then_constrained_to_their_close():
+    everything = list(range(len(VOCAB)))
+    c = _lazy()
+    assert _allowed(c) == everything and not c.complete  # text, a call, or the end
+    for t in (14, 4):  # "hello\n": text stays free
+        c.advance(t)
+        assert _allowed(c) == everything
+    c.advance(OPEN)
+    assert _allowed(c) == [4]  # the call's "\n", then its JSON: no text, no end, no second <tool_call>
+    c.advance(4)
+    assert 14 not in _allowed(c) and EOS not in _allowed(c) and 6 in _allowed(c)
+    c.advance(6)
+    assert 15 not in _allowed(c) and 7 in _allowed(c)  # y = 1000 is over the schema's maximum
+    for t in (7, 9):
+        c.advance(t)
+    assert _allowed(c) == [CLOSE]
+    c.advance(CLOSE)
+    assert _allowed(c) == everything and not c.complete  # free again: end, text, or another call
+    c.advance(OPEN)
+    assert _allowed(c) == [4]
+
+
+def test_auto_calls_of_a_thinking_model_are_constrained_only_after_its_reasoning():
+    c = _lazy(activate_after=THINK_END)
+    for t in (OPEN, 14, CLOSE):  # a tag inside the reasoning is text: the parser reads calls after </think> only
+        assert _allowed(c) == list(range(len(VOCAB)))
+        c.advance(t)
+    c.advance(THINK_END)
+    assert c.allows(EOS) and c.allows(14)
+    c.advance(OPEN)
+    assert _allowed(c) == [4]
+
+
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory):
     from qwen3vl.llm import LLM
@@ -204,3 +243,62 @@ def test_the_server_constrains_forced_calls(llm):
             assert r.choices[0].finish_reason == "tool_calls", r.choices[0].message.content
             _check_calls([{"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in calls])
             assert choice == "required" or {c.function.name for c in calls} == {"key"}
+
+
+def _closed_blocks_are_valid_calls(raw: str, calls: list[dict]) -> None:
+    """Every `<tool_call>` block the model closed was read as a call valid against its schema."""
+    closed = raw.count("</tool_call>")
+    assert closed >= 1, raw
+    assert len(calls) >= closed, raw
+    _check_calls(calls[:closed])
+
+
+def test_a_random_model_that_opens_calls_by_itself_writes_valid_ones(llm, monkeypatch):
+    """tool_choice "auto": a logit bias makes the random model open `<tool_call>` itself. Constrained, every call it
+    closes is valid; with the constraint taken away, the same model writes no valid call at all."""
+    messages = [{"role": "user", "content": "Open the menu."}]
+    bias = {llm.engine.tool_call_ids[0]: 8.0}
+    for seed in (0, 1):
+        r = llm.chat(messages, tools=TOOLS, max_tokens=100, temperature=1.0, seed=seed, logit_bias=bias)
+        _closed_blocks_are_valid_calls(r.raw_text, r.tool_calls)
+    streamed = list(llm.chat_stream(messages, tools=TOOLS, max_tokens=100, temperature=1.0, seed=0,
+                                    logit_bias=bias))
+    _check_calls([c for d in streamed for c in (d.tool_calls or [])])
+    assert llm.chat(messages, tools=TOOLS, tool_choice="none", max_tokens=100, temperature=1.0, seed=0,
+                    logit_bias=bias).tool_calls == []  # "none": the tools are hidden and nothing is constrained
+    monkeypatch.setattr(type(llm), "auto_tool_calls", lambda self, tools, sampling: None)
+    free = [llm.chat(messages, tools=TOOLS, max_tokens=100, temperature=1.0, seed=seed, logit_bias=bias)
+            for seed in (0, 1)]
+    assert all("<tool_call>" in r.raw_text and not r.tool_calls for r in free), [r.raw_text for r in free]
+
+
+def test_a_call_a_schema_cannot_describe_leaves_auto_free_and_other_constraints_win(llm):
+    unenforceable = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "number", "multipleOf": 3}}}}}]
+    assert llm.auto_tool_calls(unenforceable, {}) is None
+    assert llm.auto_tool_calls(TOOLS, {}).lazy
+    assert llm.auto_tool_calls(TOOLS, {"regex": "a+"}) is None
+    r = llm.chat([{"role": "user", "content": "Hi"}], tools=TOOLS, regex="(yes|no)", max_tokens=10, temperature=0)
+    assert r.text in ("yes", "no")
+
+
+def test_the_server_constrains_calls_the_model_opens_with_tool_choice_auto(llm):
+    import openai
+
+    from qwen3vl.serve.app import ServeSettings, create_app
+    from qwen3vl.serve.testing import ServerThread
+
+    messages = [{"role": "user", "content": "Press enter."}]
+    bias = {str(llm.engine.tool_call_ids[0]): 8}
+    with ServerThread(create_app(llm, ServeSettings(["tiny"]))) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x")
+        r = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS, max_tokens=300,
+                                           temperature=1.0, seed=5, logit_bias=bias)
+        calls = r.choices[0].message.tool_calls
+        assert calls, r.choices[0].message.content
+        _check_calls([{"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in calls])
+        stream = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS, max_tokens=300,
+                                                temperature=1.0, seed=5, logit_bias=bias, stream=True)
+        streamed = [c for chunk in stream for c in (chunk.choices[0].delta.tool_calls or [])]
+        assert [c.function.name for c in streamed] == [c.function.name for c in calls]
+        _check_calls([{"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in streamed])

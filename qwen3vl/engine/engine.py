@@ -146,7 +146,7 @@ class Engine:
             elif forced is not None:
                 seq.constraint = ToolCallConstraint(
                     self.token_bytes, self.eos_token_ids | set(params.stop_token_ids), forced, *self.tool_call_ids,
-                    activate_after=None if forced.opened else self.json_after, machines=machines)
+                    activate_after=None if forced.opened and not forced.lazy else self.json_after, machines=machines)
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = seqs

@@ -88,12 +88,12 @@ class SamplingParams:
             name = "regex" if self.regex is not None else "choice"
             if self.json_mode:
                 bad(name, "cannot be combined with json_mode / json_schema")
-            if self.forced_tool_calls is not None:
+            if self.forced_tool_calls is not None and not self.forced_tool_calls.lazy:
                 bad(name, "cannot be combined with forced tool calls")
             if self.ignore_eos:
                 bad("ignore_eos", f"cannot be combined with {name} (the answer ends with its match)")
             compile_constraint(self.regex, self.choice)  # RegexError (a ValueError) names what cannot be enforced
-        if self.forced_tool_calls is not None:
+        if self.forced_tool_calls is not None and not self.forced_tool_calls.lazy:
             if self.json_mode:
                 bad("json_mode", "cannot be combined with forced tool calls")
             if self.ignore_eos:

@@ -12,6 +12,11 @@ never of what can be called.) After a call the answer may end, or (with parallel
 allowed) another call may start. `ToolCallConstraint` has `JsonConstraint`'s interface, so the engine and sampler
 use it unchanged.
 
+With `tool_choice` "auto" (`ForcedCalls(lazy=True)`, llama.cpp's "lazy grammar") the model is free: it may answer in
+text, call, or both. Only once it writes `<tool_call>` is the call constrained, as above, up to its `</tool_call>`;
+then it is free again. So a call the model chooses to make is always one the parser reads and its arguments fit
+their schema, and an answer without calls is untouched.
+
 The server prefills an Instruct model's answer with `<tool_call>\\n` (plus `{"name": "N", "arguments": ` for a named
 function, passed here as `written`), so the constraint starts inside the call; `LLM.chat(tool_choice=...)` does not
 prefill, and the constraint asks for `<tool_call>\\n` first. A Thinking model reasons first: the constraint starts
@@ -40,6 +45,7 @@ class ForcedCalls:
     named: bool = False  # the prompt holds the first call's `{"name": "N", "arguments": ` (one function)
     opened: bool = True  # the prompt holds `<tool_call>\n`; False: the model writes it (after </think> if Thinking)
     parallel: bool = True  # more calls may follow the first
+    lazy: bool = False  # tool_choice "auto": free text; only a call the model opens is constrained (to its close)
 
     def machines(self) -> tuple[SchemaMachine, dict[str, SchemaMachine]]:
         """The machine for the name, and one per function for its arguments."""
@@ -62,7 +68,7 @@ def arguments_schema(name: str, parameters: Any) -> dict[str, Any]:
 
 
 def forced_calls(tools: Sequence[dict[str, Any]], name: str | None = None, *, named: bool = False,
-                 opened: bool = True, parallel: bool = True) -> ForcedCalls:
+                 opened: bool = True, parallel: bool = True, lazy: bool = False) -> ForcedCalls:
     """The constraint for calls to any of `tools` (OpenAI format), or to `name`. ValueError if there is no such
     function; SchemaError (naming the function and keyword) if a function's parameters cannot be enforced."""
     functions = []
@@ -79,7 +85,8 @@ def forced_calls(tools: Sequence[dict[str, Any]], name: str | None = None, *, na
         functions.append((fname, schema))
     if not functions:
         raise ValueError(f"no function named {name!r} among the tools" if name else "no tools to call")
-    return ForcedCalls(tuple(functions), named=named and name is not None, opened=opened, parallel=parallel)
+    return ForcedCalls(tuple(functions), named=named and name is not None, opened=opened, parallel=parallel,
+                       lazy=lazy)
 
 
 class ToolCallConstraint:
@@ -95,7 +102,11 @@ class ToolCallConstraint:
         self.activate_after = activate_after
         self.active = activate_after is None
         self.failed = False
-        if forced.named and forced.opened:  # the prompt holds `<tool_call>\n{"name": "N", "arguments": `
+        self.lazy = forced.lazy
+        self.free = forced.lazy  # lazy, between calls: any token, and `<tool_call>` opens a constrained call
+        if forced.lazy:
+            self.state = (BETWEEN, None)
+        elif forced.named and forced.opened:  # the prompt holds `<tool_call>\n{"name": "N", "arguments": `
             self.state: tuple = self._enter(("args", forced.functions[0][0]))
         elif forced.opened:
             self.state = (PIECES, ((NAME_KEY,), "name"))
@@ -105,10 +116,12 @@ class ToolCallConstraint:
 
     @property
     def complete(self) -> bool:
+        if self.lazy:  # nothing is owed: min_tokens applies as without a constraint
+            return False
         return self.active and self.state[0] == BETWEEN
 
     def allows(self, token: int) -> bool:
-        if self.failed:
+        if self.failed or (self.lazy and (self.free or not self.active)):
             return True
         if not self.active:
             return token not in self.end_ids  # a Thinking model must get to its call: no end before </think>
@@ -124,6 +137,10 @@ class ToolCallConstraint:
             return
         if self.failed:
             return
+        if self.free:
+            if token == self.open_id:
+                self.free, self.state = False, (PIECES, ((b"\n", NAME_KEY), "name"))
+            return
         state = self._run(self.state, token)
         if state is None and token in self.end_ids:
             return
@@ -131,6 +148,7 @@ class ToolCallConstraint:
             self.failed = True  # nothing allowed was left to pick: stop constraining
         else:
             self.state = state
+            self.free = self.lazy and state[0] == BETWEEN
 
     # -- moves --
     def _run(self, state: tuple, token: int) -> tuple | None:
