@@ -167,12 +167,12 @@ def _lazy(activate_after=None) -> ToolCallConstraint:
 def test_auto_calls_are_free_until_opened_then_constrained_to_their_close():
     everything = list(range(len(VOCAB)))
     c = _lazy()
-    assert _allowed(c) == everything and not c.complete  # text, a call, or the end
+    assert _allowed(c) == everything and not c.complete and not c.constrains  # text, a call, or the end
     for t in (14, 4):  # "hello\n": text stays free
         c.advance(t)
         assert _allowed(c) == everything
     c.advance(OPEN)
-    assert _allowed(c) == [4]  # the call's "\n", then its JSON: no text, no end, no second <tool_call>
+    assert c.constrains and _allowed(c) == [4]  # the call's "\n", then its JSON: no text, no end, no <tool_call>
     c.advance(4)
     assert 14 not in _allowed(c) and EOS not in _allowed(c) and 6 in _allowed(c)
     c.advance(6)

@@ -120,8 +120,13 @@ class ToolCallConstraint:
             return False
         return self.active and self.state[0] == BETWEEN
 
+    @property
+    def constrains(self) -> bool:
+        """False while every token is allowed (lazy, outside a call; or given up): the sampler then skips the check."""
+        return not (self.failed or (self.lazy and (self.free or not self.active)))
+
     def allows(self, token: int) -> bool:
-        if self.failed or (self.lazy and (self.free or not self.active)):
+        if not self.constrains:
             return True
         if not self.active:
             return token not in self.end_ids  # a Thinking model must get to its call: no end before </think>
