@@ -226,6 +226,11 @@ class JsonConstraint:
     def complete(self) -> bool:
         return self.active and self.machine.complete(self.state)
 
+    @property
+    def constrains(self) -> bool:
+        """False once the constraint has given up: every token is allowed, and the sampler skips the check."""
+        return not self.failed
+
     def allows(self, token: int) -> bool:
         if self.failed:
             return True

@@ -218,9 +218,8 @@ class Engine:
         banned = None
         if len(seq.output_ids) < p.min_tokens and not (constraint is not None and constraint.complete):
             banned = sorted(self.eos_token_ids | set(p.stop_token_ids))  # a finished JSON object ends regardless
-        check = constraint is not None and getattr(constraint, "constrains", True)
         s = sample(logits, p, seq.prompt_ids, seq.output_ids, seq.generator, banned,
-                   allowed=constraint.allows if check else None)
+                   allowed=constraint.allows if constraint is not None and constraint.constrains else None)
         if constraint is not None:
             constraint.advance(s.token)
         seq.output_ids.append(s.token)

@@ -516,8 +516,6 @@ def compile_constraint(regex: str | None = None, choice: Sequence[str] | None = 
     return _compiled(regex, tuple(choice) if choice is not None else None).fresh()
 
 
-
-
 class ChoiceMachine(_LazyDfa):
     """The answer must be exactly one of `options`."""
 

@@ -103,8 +103,7 @@ class ToolCallConstraint:
         self.active = activate_after is None
         self.failed = False
         self.lazy = forced.lazy
-        self.free = forced.lazy  # lazy, between calls: any token, and `<tool_call>` opens a constrained call
-        if forced.lazy:
+        if forced.lazy:  # free until the model opens a call
             self.state = (BETWEEN, None)
         elif forced.named and forced.opened:  # the prompt holds `<tool_call>\n{"name": "N", "arguments": `
             self.state: tuple = self._enter(("args", forced.functions[0][0]))
@@ -119,6 +118,11 @@ class ToolCallConstraint:
         if self.lazy:  # nothing is owed: min_tokens applies as without a constraint
             return False
         return self.active and self.state[0] == BETWEEN
+
+    @property
+    def free(self) -> bool:
+        """Lazy, between calls: any token, and `<tool_call>` opens a constrained call."""
+        return self.lazy and self.state[0] == BETWEEN
 
     @property
     def constrains(self) -> bool:
@@ -144,7 +148,7 @@ class ToolCallConstraint:
             return
         if self.free:
             if token == self.open_id:
-                self.free, self.state = False, (PIECES, ((b"\n", NAME_KEY), "name"))
+                self.state = (PIECES, ((b"\n", NAME_KEY), "name"))
             return
         state = self._run(self.state, token)
         if state is None and token in self.end_ids:
@@ -153,7 +157,6 @@ class ToolCallConstraint:
             self.failed = True  # nothing allowed was left to pick: stop constraining
         else:
             self.state = state
-            self.free = self.lazy and state[0] == BETWEEN
 
     # -- moves --
     def _run(self, state: tuple, token: int) -> tuple | None:

@@ -1,7 +1,7 @@
 """Start torch's CPU worker threads with a throwaway op before the first real one.
 
 With torch 2.13 (CPU wheel, OpenMP backend, AVX512 machine) the first parallel region a new worker thread runs can
-compute `cos` far less accurately: in about 1 fresh process in 8, the worker's half of a (256, 64) float32 `cos`
+compute `cos` far less accurately: in 11 of 60 fresh processes, the worker's half of a (256, 64) float32 `cos`
 was off by up to 1.5e-4 (cos(0.15) = 0.98862 instead of 0.98877), every later call exact. That was the vision
 rotary table of the first image a model saw, and the demo model's logits moved by 2.8e-3. One small parallel op per
 thread count, per calling thread, before the model's first real op made 60 of 60 fresh processes exact

@@ -147,8 +147,7 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
             raise bad_request("ignore_eos cannot be combined with response_format json_object/json_schema (the "
                               "answer ends with its JSON document)", "ignore_eos")
     if tools and choice == "auto":  # a call the model opens fits its schema
-        params.forced_tool_calls = llm.auto_tool_calls(tools, {
-            k: getattr(params, k) for k in ("json_mode", "json_schema", "regex", "choice", "forced_tool_calls")})
+        params.forced_tool_calls = llm.auto_tool_calls(tools, vars(params))
     if notes:
         messages = add_system_note(messages, "\n".join(notes))
     spec = ChatSpec(tools=tools, tool_choice_none=tools is None, prefix=prefix,
