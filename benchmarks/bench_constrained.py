@@ -6,7 +6,9 @@ Two measurements:
    under a JSON schema of Qwen's grounding answer (a list of {"bbox_2d", "label"}), and in JSON mode (which forces
    an object where the model wants a list: its answer goes astray, but the per-token cost is still measured),
    greedy, several times each, and the same under a regex of that answer's exact format; then "What color is the
-   circle?" freely and as a choice among seven colours; prints seconds per answer and per token. transformers has
+   circle?" freely and as a choice among seven colours; then the grounding question with a tool offered
+   (tool_choice "auto"), with the lazy tool-call constraint and with it taken away (the model writes no call, so
+   this is what the constraint costs while it waits); prints seconds per answer and per token. transformers has
    no constrained decoding of its own, so the comparison is with our free decoding.
 2. The worst step: when none of the model's likely tokens is allowed, the sampler checks candidates down the whole
    vocabulary. This times checking every token of a Qwen-sized vocabulary (151,643 byte strings: the tokenizer's
@@ -36,6 +38,10 @@ QUESTION = "Locate the red circle, output its bbox coordinates using JSON format
 # Qwen's grounding answer, exactly as the model writes it
 ANSWER_REGEX = r'```json\n\[\n\t\{"bbox_2d": \[\d{1,4}, \d{1,4}, \d{1,4}, \d{1,4}\], "label": "[a-z ]+"\}\n\]\n```'
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white"]
+TOOLS = [{"type": "function", "function": {"name": "click", "description": "Click a point of the screen.",
+                                          "parameters": {"type": "object", "required": ["x", "y"],
+                                                         "properties": {"x": {"type": "integer"},
+                                                                        "y": {"type": "integer"}}}}}]
 DATED = {"type": "object", "required": ["date"],
          "properties": {"date": {"type": "string", "pattern": r"^\d{4}-\d{2}$"}}}
 
@@ -51,10 +57,12 @@ def end_to_end(model: str | None, repeats: int) -> None:
                                            {"type": "text", "text": "What color is the circle?"}]}]
     modes = {"free": (messages, {}), "json_schema": (messages, {"json_schema": BOXES}),
              "json_mode": (messages, {"json_mode": True}), "regex": (messages, {"regex": ANSWER_REGEX}),
-             "colour, free": (colour, {}), "colour, choice": (colour, {"choice": COLORS})}
+             "colour, free": (colour, {}), "colour, choice": (colour, {"choice": COLORS}),
+             "tools, auto": (messages, {"tools": TOOLS})}
     llm.chat(messages, max_tokens=40, temperature=0)  # warm-up (and the vision cache for every mode alike)
     print(f"{'mode':14} {'s/answer':>9} {'tokens':>7} {'ms/token':>9}  answer")
-    for name, (msgs, extra) in modes.items():
+
+    def timed(name: str, msgs: list, extra: dict) -> None:
         times, tokens, text = [], 0, ""
         for _ in range(repeats):
             t = time.perf_counter()
@@ -63,6 +71,11 @@ def end_to_end(model: str | None, repeats: int) -> None:
             tokens, text = len(r.token_ids), r.text
         per = statistics.median(times)
         print(f"{name:14} {per:9.3f} {tokens:7d} {1000 * per / max(tokens, 1):9.2f}  {text!r}")
+
+    for name, (msgs, extra) in modes.items():
+        timed(name, msgs, extra)
+    llm.auto_tool_calls = lambda tools, sampling: None  # the same request with the lazy constraint taken away
+    timed("tools, free", messages, {"tools": TOOLS})
 
 
 def worst_step(vocab_size: int = 151_643, seed: int = 0) -> None:
