@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from qwen3vl.engine.engine import Engine, EngineConfig, StepOutput
-from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, parse_output
+from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, ToolBlockFilter, parse_output
 from qwen3vl.engine.sampling import SamplingParams, from_generation_config
 from qwen3vl.engine.sequence import MediaItem, Sequence
 from qwen3vl.engine.tool_constraint import ForcedCalls, forced_calls
@@ -336,16 +336,17 @@ class LLM:
 
 
 class _StreamState:
-    """Per-choice streaming: incremental detokenizing, hold-back of possible stop strings / tool-call starts,
-    reasoning split, and a final reconciliation with the parsed result."""
+    """Per-choice streaming: incremental detokenizing, hold-back of possible stop strings, the reasoning split,
+    readable tool-call blocks taken out of the content as they complete (`ToolBlockFilter`), and a final
+    reconciliation with the parsed result. `parse_tools=False` (tool_choice "none" in the server) streams a
+    `<tool_call>` the model writes anyway as text, as the server's answer keeps it."""
 
-    TOOL_OPEN = "<tool_call>"
-
-    def __init__(self, llm: LLM, seq: Sequence, tools: Any):
+    def __init__(self, llm: LLM, seq: Sequence, tools: Any, parse_tools: bool = True):
         self.llm, self.seq, self.tools = llm, seq, tools
         self.decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=True)
         self.splitter = ReasoningSplitter(llm.thinking)
-        self.hold = max(seq.params.longest_stop, len(self.TOOL_OPEN)) - 1
+        self.blocks = ToolBlockFilter(parse_tools)
+        self.hold = max(seq.params.longest_stop - 1, 0)
         self.emitted = 0
         self.text = ""
         self.reasoning = ""
@@ -361,14 +362,12 @@ class _StreamState:
                              finish_reason=choice.finish_reason, tool_calls=choice.tool_calls)
         full = self.decoder.text
         end = len(full) - self.hold
-        tool = full.find(self.TOOL_OPEN)
-        if tool >= 0:
-            end = min(end, tool)
         while end > self.emitted and full[end - 1].isspace():
-            end -= 1  # trailing whitespace waits: the parsed answer strips it before a tool call or at the end
+            end -= 1  # trailing whitespace waits: the parsed reasoning or answer may strip it
         piece = full[self.emitted:end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
         reasoning, text = self.splitter.feed(piece)
+        text = self.blocks.feed(text)
         self.reasoning += reasoning
         self.text += text
         return ChatDelta(text=text, reasoning=reasoning, token_ids=out.new_tokens)

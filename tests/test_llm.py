@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import qwen3vl
@@ -160,3 +162,47 @@ def test_stream_before_a_tool_call_joins_to_the_parsed_text(llm, monkeypatch):
         pieces.append(state.advance(Out(seq, [t], last)))
     assert "".join(p.text for p in pieces) == "Let me check."
     assert pieces[-1].tool_calls == [{"name": "f", "arguments": {}}]
+
+
+# ------------------------------------------------------------------------------- streaming around tool calls
+_GOOD = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+_BAD = "<tool_call>\nnot json\n</tool_call>"
+_PARTS = [_GOOD, _BAD, "<tool_call>\n{\"name\": \"g\", \"arguments\": {}}\n", "Hello", " world.", "\n", "  ", "<tool",
+          "</tool_call>", "a<b", "\n\nAfter."]
+
+
+def _filter_stream(text: str, cuts: list[int], parse_tools: bool = True) -> list[str]:
+    from qwen3vl.engine.output import ToolBlockFilter
+
+    f = ToolBlockFilter(parse_tools)
+    bounds = [0, *sorted(set(cuts)), len(text)]
+    return [f.feed(text[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+@given(st.lists(st.sampled_from(_PARTS), max_size=8), st.lists(st.integers(0, 400), max_size=12), st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_streamed_content_around_tool_calls_is_always_a_prefix_of_the_parse(parts, cuts, parse_tools):
+    """Whatever the text and wherever the tokens split it, what the filter has sent is a prefix of the parsed
+    content, and once the text is whole nothing is missing but held trailing whitespace and an unclosed block."""
+    text = "".join(parts)
+    sent = "".join(_filter_stream(text, [c for c in cuts if c < len(text)], parse_tools))
+    content = parse_output(text, thinking=False, parse_tools=parse_tools).content
+    assert content.startswith(sent)
+    held = content[len(sent):].strip()  # trailing whitespace, a block still open, or a possible start of one
+    assert held == "" or held.startswith("<tool_call>") or "<tool_call>".startswith(held), (text, sent)
+
+
+def test_text_after_a_tool_call_streams_before_the_answer_ends():
+    text = "Checking.\n" + _GOOD + "\nDone: " + _BAD + " and more"
+    pieces = _filter_stream(text, list(range(1, len(text))))
+    sent = "".join(pieces)
+    assert sent == "Checking.\n\nDone: " + _BAD + " and more"  # all of it, before any end-of-answer
+    assert sent == parse_output(text, thinking=False, parse_tools=True).content
+    # the text after the call arrived with the characters that follow the block, not at the end
+    close = text.index("</tool_call>") + len("</tool_call>")
+    assert "".join(pieces[:close + len("\nDone:")]) == "Checking.\n\nDone:"
+    # an answer opening with a call loses the whitespace around it, as the parse does
+    assert "".join(_filter_stream("  \n" + _GOOD + "\n\n Hi", [1, 5, 40, 70])) == "Hi"
+    # a block is held while written; not a call without tool parsing (tool_choice "none")
+    assert "".join(_filter_stream("A " + _GOOD[:30], [1, 2, 10])) == "A"
+    assert "".join(_filter_stream("A " + _GOOD + " B", [3, 9], parse_tools=False)) == "A " + _GOOD + " B"

@@ -178,6 +178,28 @@ def test_streamed_content_joins_to_the_non_streamed_content(instruct, text):
     assert len(calls) == len(r.choices[0].message.tool_calls) == text.count(CALL)
 
 
+def test_text_after_a_call_streams_before_the_end_and_none_streams_the_block_as_text(instruct):
+    _, script, client = instruct
+    messages = [{"role": "user", "content": "?"}]
+    text = "Checking.\n" + CALL + "\nWhile that runs, here is a long note about the weather in Paris."
+    script.say(text)
+    chunks = _chunks(client, model="tiny", messages=messages, tools=TOOLS, logprobs=True)
+    got = [(k, ch.choices[0].delta.content or "") for k, ch in enumerate(chunks)]
+    called = next(k for k, ch in enumerate(chunks) if ch.choices[0].delta.tool_calls)
+    # the words after the call arrive token by token after the call, well before the last chunk
+    after = [k for k, piece in got if piece and k > called]
+    assert len(after) > 5 and after[0] < len(chunks) - 5
+    assert "".join(piece for _, piece in got) == text.replace(CALL, "")
+    # tool_choice "none": the block is text, streamed as the non-streamed answer has it
+    for choice in ("none", "auto"):
+        script.say(text)
+        r = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS, tool_choice=choice)
+        script.say(text)
+        content, _, calls, _ = _stream(client, model="tiny", messages=messages, tools=TOOLS, tool_choice=choice)
+        assert content == r.choices[0].message.content and len(calls) == (choice == "auto")
+        assert (CALL in content) == (choice == "none")
+
+
 def test_a_readable_call_next_to_an_unreadable_one(instruct):
     """Each block is read on its own: the readable call is a call (streamed at once), the other stays text."""
     _, script, client = instruct

@@ -112,3 +112,62 @@ def _partial_suffix(text: str, marker: str) -> int:
         if text.endswith(marker[:n]):
             return n
     return 0
+
+
+TOOL_OPEN = "<tool_call>"
+
+
+class ToolBlockFilter:
+    """Streams an answer's content with its readable tool-call blocks taken out, as `parse_output` gives it.
+
+    Text before a `<tool_call>` streams at once; the block is held until it is complete (closed, or followed by
+    another `<tool_call>`), then read on its own: a readable call is dropped from the content (the stream sends it
+    as a call), an unreadable block is content, and the text after either streams on. What is sent is always a
+    prefix of the parsed content: trailing whitespace waits (the parse strips it once there is a call), and so does
+    a suffix that may be the start of `<tool_call>`; an answer that opens with a call loses the whitespace before
+    and after it, as in the parse."""
+
+    def __init__(self, parse_tools: bool = True):
+        self.parse_tools = parse_tools
+        self.text = ""  # content received
+        self.scan = 0  # blocks before this offset of `text` are resolved
+        self.kept = ""  # the content up to `scan`: kept text and unreadable blocks, readable calls taken out
+        self.calls = 0  # readable blocks so far
+        self.opens_with_call = False  # the first readable call had only whitespace before it
+        self.sent = 0  # characters of the visible content sent
+
+    def feed(self, delta: str) -> str:
+        """The next piece of content to send, given the next piece received."""
+        self.text += delta
+        if not self.parse_tools:
+            visible = self.text
+        else:
+            visible = self._resolve()
+        if self.opens_with_call:
+            visible = visible.lstrip()
+        end = len(visible)
+        while end > self.sent and visible[end - 1].isspace():
+            end -= 1
+        piece = visible[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return piece
+
+    def _resolve(self) -> str:
+        """The content as far as it is known: resolves the complete blocks after `scan`, and returns `kept` plus
+        the text after it up to an open block (or a possible start of one)."""
+        text = self.text
+        while (i := text.find(TOOL_OPEN, self.scan)) >= 0:
+            m = TOOL_BLOCK.match(text, i)
+            if not (m.group(2) or m.end() < len(text)):  # still being written
+                return self.kept + text[self.scan:i]
+            before = text[self.scan:i]
+            if parse_tool_calls(m.group(0)).calls:
+                if self.calls == 0 and not (self.kept + before).strip():
+                    self.opens_with_call = True
+                self.calls += 1
+                self.kept += before
+            else:
+                self.kept += before + m.group(0)
+            self.scan = m.end()
+        tail = text[self.scan:]
+        return self.kept + tail[:len(tail) - _partial_suffix(tail, TOOL_OPEN)]

@@ -12,7 +12,8 @@ parsing), with the server's tool_choice rules on top:
 
 A stream sends each tool call whole (id, name, arguments) as soon as its `</tool_call>` is written, so a client can
 start on the first of several calls while the model writes the next; the last chunk carries the calls not yet sent
-and `finish_reason`. Text after the first `<tool_call>` is held until the end (it may be part of a call).
+and `finish_reason`. Text around the calls streams as it comes: a block is held only while it is written, then
+its call is sent as a call (or, unreadable, the block as text), and the text after it streams on.
 
 Logprobs come out in OpenAI's shapes (chat: token strings, bytes and top alternatives; completions: the legacy
 lists). Special tokens (the end-of-turn token) do not appear in the text, so they are left out of logprobs too.
@@ -145,7 +146,8 @@ class ChatChoice:
     def __init__(self, llm: LLM, seq: Sequence, index: int, spec: ChatSpec, stream: bool):
         self.llm, self.seq, self.index, self.spec = llm, seq, index, spec
         self.stream = stream
-        self.state = _StreamState(llm, seq, spec.tools) if stream and spec.prefix is None else None
+        self.state = (_StreamState(llm, seq, spec.tools, parse_tools=not spec.tool_choice_none)
+                      if stream and spec.prefix is None else None)
         self.cursor = _LogprobCursor(seq) if spec.logprobs else None
         self.sent = ""  # answer text streamed so far
         self.held = ""  # trailing whitespace not yet streamed: the parsed answer strips it before a tool call
