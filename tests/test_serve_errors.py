@@ -313,6 +313,11 @@ def test_unexpected_errors_are_500_and_the_server_keeps_serving(server, monkeypa
     monkeypatch.setattr(ChatChoice, "result", boom)
     error_of(post(server, ok), 500)
     monkeypatch.undo()
+    # on the engine thread, setting up the request's choices once it is queued (streamed or not)
+    monkeypatch.setattr(ChatChoice, "__init__", boom)
+    error_of(post(server, ok), 500)
+    error_of(post(server, {**ok, "stream": True}), 500)
+    monkeypatch.undo()
     # in the engine step itself
     engine = server.app.state.engine_loop.engine
     real_step = engine.step
@@ -333,4 +338,4 @@ def test_unexpected_errors_are_500_and_the_server_keeps_serving(server, monkeypa
     assert "injected" in caplog.text  # logged
     m = _wait_idle(server)
     assert m["qwen3vl_engine_tracked_requests"] == 0 and m["qwen3vl_kv_cache_blocks_used"] == 0
-    assert m['qwen3vl_requests_total{route="/v1/chat/completions",status="500"}'] == 3
+    assert m['qwen3vl_requests_total{route="/v1/chat/completions",status="500"}'] == 5

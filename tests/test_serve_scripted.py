@@ -7,6 +7,7 @@ the official client."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import openai
@@ -263,6 +264,14 @@ def test_thinking_split(thinking):
     _, reasoning, calls, reasons = _stream(client, model="tiny", messages=messages, tools=TOOLS)
     assert [c.function.name for c in calls] == ["get_weather"] and reasons == ["tool_calls"]
     assert "get_time" in reasoning
+    # and the reasoning after it streams on as written (not held to the end of the answer)
+    script.say("Maybe <tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call> no.\n</think>\n\n" + CALL)
+    chunks = _chunks(client, model="tiny", messages=messages, tools=TOOLS, logprobs=True)
+    so_far = itertools.accumulate((ch.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                                  for ch in chunks)
+    said = next(k for k, r in enumerate(so_far) if "</tool_call> no" in r)
+    called = next(k for k, ch in enumerate(chunks) if ch.choices[0].delta.tool_calls)
+    assert said < called - 10
     # unscripted, the random model never closes its reasoning: all of it is reasoning, the answer is empty
     script.say(None)
     r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)

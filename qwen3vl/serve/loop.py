@@ -254,13 +254,20 @@ class EngineLoop:
             return
         rids = [handle.id] if len(job.prompts) == 1 else [f"{handle.id}-{k}" for k in range(len(job.prompts))]
         seqs: list[Sequence] = []
+        queued = False
         try:
             for rid, p in zip(rids, job.prompts):
                 seqs += self.engine.add_request(rid, p.prompt_ids, job.params, p.media, p.kinds)
+            queued = True
+            # building the choices is our code too: if it fails the request fails, instead of waiting forever
+            active = _Active(handle, job, rids, seqs, sum(len(p.prompt_ids) for p in job.prompts))
         except Exception as e:
             for rid in rids:
                 self.engine.abort(rid)
-            if isinstance(e, UnknownAdapterError):  # unloaded between the model check and now
+            if queued:
+                log.exception("could not set up the choices of request %s", handle.id)
+                err = APIError(500, "internal error while queueing the request")
+            elif isinstance(e, UnknownAdapterError):  # unloaded between the model check and now
                 err = APIError(404, str(e), "model", "model_not_found")
             elif isinstance(e, ValueError):
                 err = bad_request(str(e), "messages",
@@ -271,7 +278,6 @@ class EngineLoop:
             handle.done = True
             handle.emit([Failed(err)])
             return
-        active = _Active(handle, job, rids, seqs, sum(len(p.prompt_ids) for p in job.prompts))
         self._active[handle.id] = active
         for s in seqs:
             self._by_seq[s.seq_id] = active
