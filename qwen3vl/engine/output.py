@@ -125,49 +125,52 @@ class ToolBlockFilter:
     as a call), an unreadable block is content, and the text after either streams on. What is sent is always a
     prefix of the parsed content: trailing whitespace waits (the parse strips it once there is a call), and so does
     a suffix that may be the start of `<tool_call>`; an answer that opens with a call loses the whitespace before
-    and after it, as in the parse."""
+    and after it, as in the parse. Only the unresolved tail is kept, so a long answer costs linear time."""
 
     def __init__(self, parse_tools: bool = True):
         self.parse_tools = parse_tools
-        self.text = ""  # content received
-        self.scan = 0  # blocks before this offset of `text` are resolved
-        self.kept = ""  # the content up to `scan`: kept text and unreadable blocks, readable calls taken out
+        self.pending = ""  # received, not resolved: an open block or a possible start of one
+        self.held = ""  # resolved trailing whitespace, not sent yet
+        self.seen_text = False  # the content so far has more than whitespace
         self.calls = 0  # readable blocks so far
-        self.opens_with_call = False  # the first readable call had only whitespace before it
-        self.sent = 0  # characters of the visible content sent
+        self.strip_lead = False  # the answer opens with a call: whitespace until the next text goes
 
     def feed(self, delta: str) -> str:
         """The next piece of content to send, given the next piece received."""
-        self.text += delta
-        if not self.parse_tools:
-            visible = self.text
-        else:
-            visible = self._resolve()
-        if self.opens_with_call:
-            visible = visible.lstrip()
-        end = len(visible)
-        while end > self.sent and visible[end - 1].isspace():
-            end -= 1
-        piece = visible[self.sent:end] if end > self.sent else ""
-        self.sent = max(self.sent, end)
+        resolved = self._resolve(delta) if self.parse_tools else delta
+        text = self.held + resolved
+        if self.strip_lead:
+            text = text.lstrip()
+            self.strip_lead = not text
+        piece = text.rstrip()
+        self.held = text[len(piece):]
+        self.seen_text = self.seen_text or bool(piece)
         return piece
 
-    def _resolve(self) -> str:
-        """The content as far as it is known: resolves the complete blocks after `scan`, and returns `kept` plus
-        the text after it up to an open block (or a possible start of one)."""
-        text = self.text
-        while (i := text.find(TOOL_OPEN, self.scan)) >= 0:
-            m = TOOL_BLOCK.match(text, i)
-            if not (m.group(2) or m.end() < len(text)):  # still being written
-                return self.kept + text[self.scan:i]
-            before = text[self.scan:i]
-            if parse_tool_calls(m.group(0)).calls:
-                if self.calls == 0 and not (self.kept + before).strip():
-                    self.opens_with_call = True
-                self.calls += 1
-                self.kept += before
+    def _resolve(self, delta: str) -> str:
+        """The content `delta` completes: text up to an open block (or a possible start of one), unreadable blocks,
+        and readable calls taken out."""
+        buf = self.pending + delta
+        out: list[str] = []
+        while (i := buf.find(TOOL_OPEN)) >= 0:
+            m = TOOL_BLOCK.match(buf, i)
+            if not (m.group(2) or m.end() < len(buf)):  # still being written
+                break
+            before, block = buf[:i], m.group(0)
+            if not parse_tool_calls(block).calls:
+                out.append(before + block)
             else:
-                self.kept += before + m.group(0)
-            self.scan = m.end()
-        tail = text[self.scan:]
-        return self.kept + tail[:len(tail) - _partial_suffix(tail, TOOL_OPEN)]
+                if self.calls == 0 and not (self.seen_text or "".join(out).strip() or before.strip()):
+                    # the answer opens with this call: the whitespace before it goes (held or not) and after it
+                    out.clear()
+                    self.held = ""
+                    self.strip_lead = True
+                else:
+                    out.append(before)
+                self.calls += 1
+            buf = buf[m.end():]
+        else:
+            i = len(buf) - _partial_suffix(buf, TOOL_OPEN)
+        out.append(buf[:i])
+        self.pending = buf[i:]
+        return "".join(out)
