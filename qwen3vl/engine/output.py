@@ -115,6 +115,7 @@ def _partial_suffix(text: str, marker: str) -> int:
 
 
 TOOL_OPEN = "<tool_call>"
+TOOL_CLOSE = "</tool_call>"
 
 
 class ToolBlockFilter:
@@ -153,6 +154,9 @@ class ToolBlockFilter:
         buf = self.pending + delta
         out: list[str] = []
         while (i := buf.find(TOOL_OPEN)) >= 0:
+            body = i + len(TOOL_OPEN)
+            if buf.find(TOOL_CLOSE, body) < 0 and buf.find(TOOL_OPEN, body) < 0:
+                break  # still being written (checked before the regex: a long call's arguments arrive token by token)
             m = TOOL_BLOCK.match(buf, i)
             if not (m.group(2) or m.end() < len(buf)):  # still being written
                 break
