@@ -132,8 +132,7 @@ class ToolBlockFilter:
         self.parse_tools = parse_tools
         self.pending = ""  # received, not resolved: an open block or a possible start of one
         self.held = ""  # resolved trailing whitespace, not sent yet
-        self.seen_text = False  # the content so far has more than whitespace
-        self.calls = 0  # readable blocks so far
+        self.seen_text = False  # the content sent so far has more than whitespace
         self.strip_lead = False  # the answer opens with a call: whitespace until the next text goes
 
     def feed(self, delta: str) -> str:
@@ -156,22 +155,18 @@ class ToolBlockFilter:
         while (i := buf.find(TOOL_OPEN)) >= 0:
             body = i + len(TOOL_OPEN)
             if buf.find(TOOL_CLOSE, body) < 0 and buf.find(TOOL_OPEN, body) < 0:
-                break  # still being written (checked before the regex: a long call's arguments arrive token by token)
+                break  # still being written: neither closed nor followed by another block
             m = TOOL_BLOCK.match(buf, i)
-            if not (m.group(2) or m.end() < len(buf)):  # still being written
-                break
             before, block = buf[:i], m.group(0)
             if not parse_tool_calls(block).calls:
                 out.append(before + block)
+            elif not (self.seen_text or "".join(out).strip() or before.strip()):
+                # the answer opens with calls: the whitespace before and after them goes (held or not)
+                out.clear()
+                self.held = ""
+                self.strip_lead = True
             else:
-                if self.calls == 0 and not (self.seen_text or "".join(out).strip() or before.strip()):
-                    # the answer opens with this call: the whitespace before it goes (held or not) and after it
-                    out.clear()
-                    self.held = ""
-                    self.strip_lead = True
-                else:
-                    out.append(before)
-                self.calls += 1
+                out.append(before)
             buf = buf[m.end():]
         else:
             i = len(buf) - _partial_suffix(buf, TOOL_OPEN)

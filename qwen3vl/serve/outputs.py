@@ -149,8 +149,6 @@ class ChatChoice:
         self.state = (_StreamState(llm, seq, spec.tools, parse_tools=not spec.tool_choice_none)
                       if stream and spec.prefix is None else None)
         self.cursor = _LogprobCursor(seq) if spec.logprobs else None
-        self.sent = ""  # answer text streamed so far
-        self.held = ""  # trailing whitespace not yet streamed: the parsed answer strips it before a tool call
         self.sent_calls: list[dict[str, Any]] = []  # tool calls streamed so far (OpenAI shape, with their ids)
         self._tag_end = 0  # the text is read for new blocks when a tag appears after this offset
         self._block_end = 0  # where the last complete block read so far ends
@@ -167,17 +165,14 @@ class ChatChoice:
         if out.finished:
             sent = len(self.sent_calls)
             res = self.result()
-            sent_reasoning = self.state.reasoning if self.state else ""
-            return ChoiceDelta(self.index, _rest(res.text, self.sent), _rest(res.reasoning or "", sent_reasoning),
+            sent_text, sent_reasoning = (self.state.text, self.state.reasoning) if self.state else ("", "")
+            return ChoiceDelta(self.index, _rest(res.text, sent_text), _rest(res.reasoning or "", sent_reasoning),
                                lps, res.finish_reason, _indexed(res.tool_calls[sent:], sent))
         if self.state is None:
             return ChoiceDelta(self.index, logprobs=lps) if lps else None
         d = self.state.advance(out)
         calls = self._new_calls()
-        text = self.held + (d.text if d else "")
-        piece = text.rstrip()
-        self.held = text[len(piece):]
-        self.sent += piece
+        piece = d.text if d else ""  # the stream state holds trailing whitespace back itself
         reasoning = d.reasoning if d else ""
         if not (piece or reasoning or lps or calls):
             return None
