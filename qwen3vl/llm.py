@@ -23,6 +23,7 @@ from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, ToolBlockFilt
 from qwen3vl.engine.sampling import SamplingParams, from_generation_config
 from qwen3vl.engine.sequence import MediaItem, Sequence
 from qwen3vl.engine.tool_constraint import ForcedCalls, forced_calls
+from qwen3vl.tasks.toolcalls import TOOL_CLOSE, TOOL_OPEN
 from qwen3vl.weights.adapters import AdapterError
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class LLM:
         eos = gen_cfg.get("eos_token_id", list(self.tokenizer.special.stop))
         self.eos_token_ids = sorted({eos} if isinstance(eos, int) else set(eos) or set(self.tokenizer.special.stop))
         think_end = self.tokenizer.token_to_id("</think>") if self.thinking else None
-        call_ids = (self.tokenizer.token_to_id("<tool_call>"), self.tokenizer.token_to_id("</tool_call>"))
+        call_ids = (self.tokenizer.token_to_id(TOOL_OPEN), self.tokenizer.token_to_id(TOOL_CLOSE))
         # forced calls need the tags as added tokens of their own (text_bytes is None only for those)
         tags = all(i is not None and self.tokenizer.text_bytes(i) is None for i in call_ids)
         self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode,
@@ -235,7 +236,7 @@ class LLM:
         raw = self._decode(seq.output_ids)
         if seq.stop_text is not None and seq.stop_text in raw:
             raw = raw[:raw.index(seq.stop_text)]
-        parsed: ParsedOutput = parse_output(raw, self.thinking, parse_tools=bool(tools) or "<tool_call>" in raw)
+        parsed: ParsedOutput = parse_output(raw, self.thinking, parse_tools=bool(tools) or TOOL_OPEN in raw)
         return Choice(text=parsed.content, token_ids=list(seq.output_ids), reasoning=parsed.reasoning,
                       tool_calls=parsed.tool_calls, finish_reason=seq.finish_reason or "length",
                       tool_call_error=parsed.tool_call_error,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwen3vl.tasks.toolcalls import TOOL_BLOCK, parse_tool_calls, split_reasoning
+from qwen3vl.tasks.toolcalls import TOOL_BLOCK, TOOL_CLOSE, TOOL_OPEN, parse_tool_calls, split_reasoning
 
 THINK_END = "</think>"
 
@@ -35,7 +35,7 @@ def parse_output(text: str, thinking: bool, parse_tools: bool) -> ParsedOutput:
         else:  # cut off (or never closed): everything so far is reasoning
             reasoning, content = text.strip("\n"), ""
     out = ParsedOutput(content=content, reasoning=reasoning)
-    if parse_tools and "<tool_call>" in content:
+    if parse_tools and TOOL_OPEN in content:
         parsed = parse_tool_calls(content)
         if not parsed.calls:
             out.tool_call_error = "; ".join(parsed.problems) or "unreadable tool call"
@@ -112,10 +112,6 @@ def _partial_suffix(text: str, marker: str) -> int:
         if text.endswith(marker[:n]):
             return n
     return 0
-
-
-TOOL_OPEN = "<tool_call>"
-TOOL_CLOSE = "</tool_call>"
 
 
 class ToolBlockFilter:

@@ -31,6 +31,7 @@ from qwen3vl.engine.engine import StepOutput
 from qwen3vl.engine.output import completed_tool_calls, parse_output
 from qwen3vl.engine.sequence import Sequence
 from qwen3vl.llm import LLM, _StreamState
+from qwen3vl.tasks.toolcalls import TOOL_CLOSE, TOOL_OPEN
 
 
 @dataclass
@@ -189,7 +190,7 @@ class ChatChoice:
             return []
         full = self.state.decoder.text
         safe = full[:len(full) - self._stop_hold]
-        tag = max(safe.rfind("<tool_call>", self._tag_end), safe.rfind("</tool_call>", self._tag_end))
+        tag = max(safe.rfind(TOOL_OPEN, self._tag_end), safe.rfind(TOOL_CLOSE, self._tag_end))
         if tag < 0:
             return []
         self._tag_end = safe.index(">", tag) + 1

@@ -35,6 +35,7 @@ from qwen3vl.serve.jobs import EnginePrompt, Job
 from qwen3vl.serve.media import MediaPolicy, apply_request_options, check_media
 from qwen3vl.serve.outputs import ChatChoice, ChatSpec, TextChoice
 from qwen3vl.serve.schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
+from qwen3vl.tasks.toolcalls import TOOL_OPEN
 
 log = logging.getLogger("qwen3vl.serve")
 _SAMPLING_EPS = 1e-5  # below this a temperature is greedy: dividing logits by it overflows
@@ -125,7 +126,7 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
             notes.append(f"You must call the function {name}." if name
                          else "You must call at least one of the provided functions.")
         else:
-            prefix = "<tool_call>\n" + (f'{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
+            prefix = f"{TOOL_OPEN}\n" + (f'{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
                                         if name else "")
         if not params.ignore_eos:  # (ignore_eos would write past the calls: left unconstrained, as before)
             params.forced_tool_calls = constrained_calls(llm, tools, name, req.parallel_tool_calls is not False)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
-from qwen3vl.tasks.toolcalls import normalize_call, parse_tool_calls, split_reasoning
+from qwen3vl.tasks.toolcalls import TOOL_OPEN, normalize_call, parse_tool_calls, split_reasoning
 
 Message = dict[str, Any]
 
@@ -213,7 +213,7 @@ def parse_completion(body: dict[str, Any]) -> ChatReply:
         call = normalize_call({"name": fn.get("name"), "arguments": fn.get("arguments", {})})
         if not isinstance(call, str):
             calls.append(call.to_dict())
-    if not calls and "<tool_call>" in content:
+    if not calls and TOOL_OPEN in content:
         calls = [c.to_dict() for c in parse_tool_calls(content).calls]
     return ChatReply(content, reasoning, calls, choice.get("finish_reason"), body, raw_text=raw_text)
 
@@ -246,7 +246,7 @@ class ScriptedBackend:
         if isinstance(reply, ChatReply):
             return reply
         reasoning, text = split_reasoning(reply)
-        calls = [c.to_dict() for c in parse_tool_calls(text).calls] if "<tool_call>" in text else []
+        calls = [c.to_dict() for c in parse_tool_calls(text).calls] if TOOL_OPEN in text else []
         return ChatReply(text, reasoning, calls, "stop", raw_text=reply)
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 from qwen3vl.tasks.jsonish import parse_lenient
 
-TOOL_BLOCK = re.compile(r"<tool_call>(.*?)(</tool_call>|(?=<tool_call>)|\Z)", re.S)
+TOOL_OPEN = "<tool_call>"  # the tags around a call: added tokens in the official tokenizer
+TOOL_CLOSE = "</tool_call>"
+TOOL_BLOCK = re.compile(rf"{TOOL_OPEN}(.*?)({TOOL_CLOSE}|(?={TOOL_OPEN})|\Z)", re.S)
 
 
 @dataclass
@@ -131,7 +133,8 @@ def parse_tool_calls(text: str) -> ToolCallParse:
 def format_tool_call(call: ToolCall | dict[str, Any]) -> str:
     """The block the chat template writes for an assistant tool call."""
     d = call.to_dict() if isinstance(call, ToolCall) else call
-    return f'<tool_call>\n{json.dumps({"name": d["name"], "arguments": d["arguments"]}, ensure_ascii=False)}\n</tool_call>'
+    body = json.dumps({"name": d["name"], "arguments": d["arguments"]}, ensure_ascii=False)
+    return f"{TOOL_OPEN}\n{body}\n{TOOL_CLOSE}"
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:

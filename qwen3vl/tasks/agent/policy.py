@@ -19,7 +19,7 @@ from qwen3vl.tasks.agent.tools import (
     system_prompt,
     user_prompt,
 )
-from qwen3vl.tasks.toolcalls import ToolCall, format_tool_call, parse_tool_calls
+from qwen3vl.tasks.toolcalls import TOOL_OPEN, ToolCall, format_tool_call, parse_tool_calls
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -60,7 +60,7 @@ def parse_step(text: str, tool_calls: Sequence[dict[str, Any]] | None = None, ra
                       action.group(1).strip().strip('"') if action else "")
     if tool_calls:
         step.calls = [ToolCall(c["name"], dict(c.get("arguments") or {})) for c in tool_calls]
-        if raw_text and "<tool_call>" in raw_text:  # what was wrong with any block that did not become a call
+        if raw_text and TOOL_OPEN in raw_text:  # what was wrong with any block that did not become a call
             step.problems = parse_tool_calls(raw_text).problems
     else:
         parsed = parse_tool_calls(raw_text or text)

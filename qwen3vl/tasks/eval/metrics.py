@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from qwen3vl.tasks.jsonish import strict_json_values
-from qwen3vl.tasks.toolcalls import parse_tool_calls
+from qwen3vl.tasks.toolcalls import TOOL_OPEN, parse_tool_calls
 from qwen3vl.tasks.video_time import temporal_iou
 
 __all__ = ["levenshtein", "anls", "iou", "acc_at_iou", "point_in_box", "temporal_iou", "recall_at",
@@ -100,7 +100,7 @@ def tool_call_valid(text: str, required: dict[str, Sequence[str]] | None = None)
     """At least one <tool_call>, all well-formed as written; with `required` ({tool: [arg, ...]}), every
     call names a known tool and carries its required arguments."""
     parsed = parse_tool_calls(text)
-    if not parsed.calls or parsed.invalid or not parsed.strict or "<tool_call>" not in text:
+    if not parsed.calls or parsed.invalid or not parsed.strict or TOOL_OPEN not in text:
         return False
     if required is not None:
         for c in parsed.calls:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from qwen3vl.jsonl import iter_jsonl
 from qwen3vl.tasks.coords import box_rel_to_px, point_rel_to_px
 from qwen3vl.tasks.eval import answers, metrics
+from qwen3vl.tasks.toolcalls import TOOL_CLOSE, TOOL_OPEN
 from qwen3vl.tasks.video_time import parse_time_range, parse_timestamp
 
 if TYPE_CHECKING:
@@ -163,9 +164,9 @@ def score(rec: EvalRecord, reply: "ChatReply") -> dict[str, float]:
     if fam == "tool_call":
         # judge what the model wrote: the raw output when the backend kept it; calls an endpoint parsed
         # out of the text (not recoverable as written) are re-serialised and count as well-formed
-        written = reply.raw_text if reply.raw_text and "<tool_call>" in reply.raw_text else text
-        if "<tool_call>" not in written and reply.tool_calls:
-            written += "".join(f"\n<tool_call>\n{json.dumps(c)}\n</tool_call>" for c in reply.tool_calls)
+        written = reply.raw_text if reply.raw_text and TOOL_OPEN in reply.raw_text else text
+        if TOOL_OPEN not in written and reply.tool_calls:
+            written += "".join(f"\n{TOOL_OPEN}\n{json.dumps(c)}\n{TOOL_CLOSE}" for c in reply.tool_calls)
         return {"valid": float(metrics.tool_call_valid(written))}
     raise AssertionError(fam)
 
