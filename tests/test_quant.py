@@ -295,4 +295,6 @@ def test_eval_synthetic_runs_the_demo_model_quantized(monkeypatch, capsys, tmp_p
     assert main(["eval", str(data), "-q", "int8"]) == 2  # a dataset: refused, with the way to do it
     assert "serve the model" in capsys.readouterr().err
     assert main(["eval", str(data), "--kv-cache-dtype", "fp8"]) == 2
-    assert "--kv-cache-dtype are for" in capsys.readouterr().err
+    assert "--kv-cache-dtype / --blind are for" in capsys.readouterr().err
+    assert main(["eval", str(data), "--blind"]) == 2
+    assert "--blind are for `qwen3vl eval synthetic`" in capsys.readouterr().err

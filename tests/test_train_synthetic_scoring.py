@@ -10,6 +10,7 @@ import qwen3vl.tasks
 from qwen3vl.train.scoring import (
     box_iou,
     evaluate,
+    grey_out,
     parse_boxes,
     parse_grounding_builtin,
     parse_int,
@@ -162,3 +163,22 @@ def test_evaluate_with_an_oracle_and_a_useless_model():
 def test_evaluate_needs_an_example_per_task():
     with pytest.raises(ValueError, match="n=3"):
         evaluate(lambda m: "", 0, 3, progress=False)
+
+
+def test_grey_out_replaces_every_picture_and_keeps_the_rest():
+    from PIL import Image
+
+    picture = Image.new("RGB", (40, 30), (200, 10, 10))
+    frames = [Image.new("RGB", (16, 12), (0, 255, 0)) for _ in range(3)]
+    messages = [{"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "image", "image": picture}, {"type": "text", "text": "q?"},
+                                             {"type": "video", "video": frames, "fps": 2.0}]}]
+    out = grey_out(messages)
+    image, text, video = out[1]["content"]
+    assert out[0] == messages[0] and text == {"type": "text", "text": "q?"} and video["fps"] == 2.0
+    assert image["image"].size == (40, 30) and image["image"].getcolors() == [(40 * 30, (128, 128, 128))]
+    assert len(video["video"]) == 3
+    assert all(f.size == (16, 12) and f.getcolors() == [(16 * 12, (128, 128, 128))] for f in video["video"])
+    assert messages[1]["content"][0]["image"] is picture and messages[1]["content"][2]["video"] == frames  # untouched
+    with pytest.raises(TypeError, match="PIL images"):
+        grey_out([{"role": "user", "content": [{"type": "image", "image": "cat.png"}]}])

@@ -255,11 +255,11 @@ def agent(task: str, *, url: str, model: str | None = None, endpoint: str | None
 def run_eval(file: str, *, model: str | None = None, endpoint: str | None = None, served_model: str = "default",
              out: str | None = None, limit: int | None = None, max_tokens: int = 1024, progress: bool = True,
              seed: int | None = None, n: int = 200, dtype: str | None = None,
-             quantization: str | None = None, kv_cache_dtype: str | None = None) -> int:
+             quantization: str | None = None, kv_cache_dtype: str | None = None, blind: bool = False) -> int:
     """Score a backend on a JSONL dataset; print the table and write per-record rows to `out`.
 
     `file == "synthetic"` (and no such file) scores the demo tasks on fresh scenes instead: `run_synthetic_eval`
-    (`dtype`, `quantization` and `kv_cache_dtype` are for it)."""
+    (`dtype`, `quantization`, `kv_cache_dtype` and `blind` are for it)."""
     from qwen3vl.tasks.eval.runner import evaluate, load_dataset
 
     if file == SYNTHETIC and not Path(file).exists():
@@ -267,12 +267,12 @@ def run_eval(file: str, *, model: str | None = None, endpoint: str | None = None
             raise ValueError("eval synthetic runs a local model (--model PATH, default: the bundled demo model); "
                              "--endpoint is not supported for it")
         return run_synthetic_eval(seed, n, model=model, out=out, progress=progress, dtype=dtype or "float32",
-                                  quantization=quantization, kv_cache_dtype=kv_cache_dtype or "auto")
+                                  quantization=quantization, kv_cache_dtype=kv_cache_dtype or "auto", blind=blind)
     if seed is not None:
         raise ValueError("--seed is for `qwen3vl eval synthetic`; a JSONL dataset is scored as it is")
-    if dtype is not None or quantization is not None or kv_cache_dtype is not None:
-        raise ValueError("--dtype / --quantization / --kv-cache-dtype are for `qwen3vl eval synthetic`; for a "
-                         "dataset, serve the model with them (qwen3vl serve -q int8 ...) and pass --endpoint")
+    if dtype is not None or quantization is not None or kv_cache_dtype is not None or blind:
+        raise ValueError("--dtype / --quantization / --kv-cache-dtype / --blind are for `qwen3vl eval synthetic`; "
+                         "for a dataset, serve the model with them (qwen3vl serve -q int8 ...) and pass --endpoint")
 
     records = load_dataset(file, limit=limit)
     backend = make_backend(model, endpoint, served_model=served_model)
@@ -286,11 +286,12 @@ SYNTHETIC = "synthetic"
 
 def run_synthetic_eval(seed: int | None, n: int = 200, *, model: str | None = None, out: str | None = None,
                        progress: bool = True, dtype: str = "float32", quantization: str | None = None,
-                       kv_cache_dtype: str = "auto") -> int:
+                       kv_cache_dtype: str = "auto", blind: bool = False) -> int:
     """The five demo tasks on `n` fresh scenes from `seed`, scored as `qwen3vl.train.scoring` says.
 
     Prints a table, then the scores as one JSON object on the last line (keys: the task names). The scenes are
-    drawn at the sizes the model was trained on (its `synthetic_config.json`, when it has one)."""
+    drawn at the sizes the model was trained on (its `synthetic_config.json`, when it has one). `blind` greys out
+    every picture and frame: the scores of the question alone, the floor that seeing must clear."""
     from qwen3vl.train.demo import evaluate_demo
     from qwen3vl.train.synthetic import TASKS
 
@@ -302,12 +303,14 @@ def run_synthetic_eval(seed: int | None, n: int = 200, *, model: str | None = No
     folder = resolve_local_model(model)
     rows: list[dict] = []
     scores = evaluate_demo(folder, seed, n, records=rows, progress=progress, dtype=dtype, quantization=quantization,
-                           kv_cache_dtype=kv_cache_dtype)
+                           kv_cache_dtype=kv_cache_dtype, blind=blind)
     if out:
         with open(out, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     counts = {task: sum(r["task"] == task for r in rows) for task in TASKS}
+    if blind:
+        print("blind: every picture and frame greyed out")
     print(f"{'task':<12} {'n':>4} {'score':>6}")
     for task in TASKS:
         print(f"{task:<12} {counts[task]:>4} {scores[task]:>6.3f}")
@@ -458,6 +461,8 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--quantization", "-q", choices=["int8"], help="eval synthetic: weight-only int8 (docs/ENGINE.md)")
     p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPE_CHOICES,
                    help="eval synthetic: quantized KV cache (docs/ENGINE.md)")
+    p.add_argument("--blind", action="store_true",
+                   help="eval synthetic: grey out every picture and frame (what the model answers from the text alone)")
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     _model_args(p, replay=False)

@@ -213,16 +213,18 @@ def synthetic_config_for(folder: str | Path | None, second_event_p: float = 1.0)
 
 def evaluate_demo(folder: str | Path, seed: int, n: int = 200, records: list | None = None,
                   second_event_p: float = 1.0, progress: bool = True, dtype: str = "float32",
-                  quantization: str | None = None, kv_cache_dtype: str = "auto") -> dict[str, float]:
+                  quantization: str | None = None, kv_cache_dtype: str = "auto",
+                  blind: bool = False) -> dict[str, float]:
     """Per-task accuracy of the model in `folder` on n fresh synthetic examples of `seed` (greedy decoding), drawn at
-    the sizes the model was trained on."""
+    the sizes the model was trained on. `blind`: every picture and frame greyed out (`scoring.grey_out`), so the
+    scores are what the model answers from the question alone."""
     from qwen3vl.llm import LLM
-    from qwen3vl.train.scoring import evaluate
+    from qwen3vl.train.scoring import evaluate, grey_out
 
     llm = LLM(str(folder), dtype=dtype, device="cpu", quantization=quantization, kv_cache_dtype=kv_cache_dtype)
 
     def generate(messages: list[dict]) -> str:
-        return llm.chat(messages, max_tokens=64, temperature=0).text
+        return llm.chat(grey_out(messages) if blind else messages, max_tokens=64, temperature=0).text
 
     return evaluate(generate, seed, n, config=synthetic_config_for(folder, second_event_p), records=records,
                     progress=progress)

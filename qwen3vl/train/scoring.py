@@ -194,6 +194,33 @@ def score(task: str, prediction: str, example: Example, *, parse_grounding: Grou
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
+GREY = (128, 128, 128)
+
+
+def grey_out(messages: list[dict]) -> list[dict]:
+    """The same conversation with every picture and video frame replaced by a flat grey one of its size.
+
+    Asked this way, a model can answer only from the text: its scores are the answer priors it learnt, the floor a
+    model that reads the pictures must clear (`qwen3vl eval synthetic --blind`). The messages given are not changed.
+    """
+    from PIL import Image
+
+    def grey(picture):
+        if not isinstance(picture, Image.Image):
+            raise TypeError(f"grey_out needs PIL images in the messages, not {type(picture).__name__}")
+        return Image.new("RGB", picture.size, GREY)
+
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [{**part, "image": grey(part["image"])} if part.get("type") == "image" else
+                       {**part, "video": [grey(f) for f in part["video"]]} if part.get("type") == "video" else part
+                       for part in content]
+        out.append({**message, "content": content})
+    return out
+
+
 def evaluate(
     generate_fn: Callable[[list[dict]], str],
     seed: int,
