@@ -1,6 +1,6 @@
-"""Fuzzing the request schema with hypothesis (bounded): well-formed, half-formed and nonsense bodies for both
-endpoints. The server must never answer 5xx (nor put an error event in a stream), every 4xx must be in OpenAI's
-shape, and afterwards it must be idle and healthy with nothing left in the engine."""
+"""Fuzzing the request schema with hypothesis (bounded): well-formed, half-formed and nonsense bodies for the chat,
+completions and Responses endpoints. The server must never answer 5xx (nor put an error event in a stream), every
+4xx must be in OpenAI's shape, and afterwards it must be idle and healthy with nothing left in the engine."""
 
 from __future__ import annotations
 
@@ -88,6 +88,10 @@ completion_body = st.fixed_dictionaries({"prompt": st.text(max_size=30) | st.lis
                                         optional={**COMMON, "logprobs": st.integers(-1, 25) | anything,
                                                   "echo": st.booleans() | anything})
 
+def sum_lists(lists: list[list]) -> list:
+    return [x for chunk in lists for x in chunk]
+
+
 # mostly valid: every field in range, so most of these generate (stream and not, tools, logprobs, n, stop ...)
 valid_image = st.builds(lambda seed, extra: {"type": "image_url", "image_url": {"url": png_data_uri(seed, 16, 24),
                                                                                  **extra}},
@@ -115,6 +119,62 @@ valid_chat_body = st.fixed_dictionaries(
               "tools": st.just(TOOLS), "response_format": st.sampled_from([{"type": "json_object"}, VALID_SCHEMA]),
               "max_pixels": st.integers(2048, 64 * 64), "ignore_eos": st.booleans(), "add_vision_id": st.booleans()})
 
+# the Responses API: its own input items, tools and format, over the same common fields
+response_part = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text"]), "text": st.text(max_size=20)}),
+    st.fixed_dictionaries({"type": st.just("input_image"), "image_url": st.sampled_from(SOURCES)},
+                          optional={"file_id": anything, "detail": anything}),
+    st.fixed_dictionaries({"type": st.sampled_from(["input_file", "refusal"])}), url_part, anything)
+response_item = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer", "x"]) | anything,
+                           "content": st.text(max_size=30) | st.lists(response_part, max_size=3) | anything},
+                          optional={"type": st.just("message")}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": st.text(max_size=4) | anything,
+                           "name": st.sampled_from(["f", "g"]) | anything, "arguments": st.text(max_size=12)}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": st.text(max_size=4) | anything,
+                           "output": st.text(max_size=12) | st.lists(response_part, max_size=2) | anything}),
+    st.fixed_dictionaries({"type": st.just("reasoning")}, optional={
+        "content": st.lists(st.fixed_dictionaries({"type": st.just("reasoning_text"), "text": st.text(max_size=9)}),
+                            max_size=2) | anything, "summary": anything}),
+    anything)
+responses_body = st.fixed_dictionaries(
+    {"input": st.text(max_size=30) | st.lists(response_item, max_size=4) | anything}, optional={
+        **COMMON, "instructions": st.text(max_size=20) | anything, "max_output_tokens": small,
+        "tools": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search"]),
+                                                 "name": st.sampled_from(["f", "g"])},
+                                                optional={"parameters": anything}) | anything, max_size=2) | anything,
+        "tool_choice": st.sampled_from(["none", "auto", "required"]) | st.fixed_dictionaries(
+            {"type": st.sampled_from(["function", "allowed_tools"]), "name": st.sampled_from(["f", "h"])}) | anything,
+        "text": st.fixed_dictionaries({"format": st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "json_object", "json_schema", "xml"])},
+            optional={"name": st.just("s"), "schema": schema_like})}) | anything,
+        "top_logprobs": st.integers(-1, 25) | anything, "include": st.lists(st.sampled_from(
+            ["message.output_text.logprobs", "x"]), max_size=2) | anything,
+        "previous_response_id": st.none() | anything, "truncation": st.sampled_from(["auto", "disabled"]) | anything,
+        "reasoning": anything, "store": anything, "metadata": anything, "background": st.booleans() | anything,
+    })
+
+# mostly valid Responses bodies: a conversation of real items (an earlier call and its output among them)
+input_image = valid_image.map(lambda p: {"type": "input_image", "image_url": p["image_url"]["url"]})
+valid_response_user = st.fixed_dictionaries({"role": st.sampled_from(["user", "developer"]), "content": valid_text
+                                             | st.lists(st.fixed_dictionaries({"type": st.just("input_text"),
+                                                                               "text": valid_text}) | input_image,
+                                                        min_size=1, max_size=3)})
+earlier_call = st.just([{"type": "reasoning", "content": [{"type": "reasoning_text", "text": "hm"}]},
+                        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                        {"type": "function_call_output", "call_id": "c1", "output": "done"}])
+valid_responses_body = st.fixed_dictionaries(
+    {"input": valid_text | st.builds(lambda a, b, c: a + b + [c], st.lists(valid_response_user, max_size=1),
+                                     st.lists(earlier_call, max_size=1).map(sum_lists), valid_response_user),
+     "max_output_tokens": st.integers(1, 4)},
+    optional={"model": st.just("tiny"), "instructions": valid_text, "temperature": st.sampled_from([0, 0.5, 2.0]),
+              "top_p": st.floats(1e-6, 1), "top_k": st.integers(-1, 300), "seed": st.integers(0, 2**62),
+              "stream": st.booleans(), "top_logprobs": st.integers(0, 20), "store": st.booleans(),
+              "tools": st.just([{"type": "function", "name": "f", "parameters": {"type": "object"}}]),
+              "text": st.sampled_from([{"format": {"type": "text"}}, {"format": {"type": "json_object"}},
+                                       {"format": {"type": "json_schema", **VALID_SCHEMA["json_schema"]}}]),
+              "reasoning": st.just({"effort": "low"}), "metadata": st.just({"k": "v"})})
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -126,11 +186,18 @@ def server(tmp_path_factory):
             yield s, http
 
 
-def _check(resp: httpx.Response) -> None:
+def _check(resp: httpx.Response, responses_api: bool = False) -> None:
     assert resp.status_code < 500, resp.text
     if resp.status_code >= 400:
         err = resp.json()["error"]
         assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    elif responses_api and resp.headers["content-type"].startswith("text/event-stream"):
+        events = [json.loads(ln[6:]) for ln in resp.text.splitlines() if ln.startswith("data: ")]
+        assert events[0]["type"] == "response.created"
+        assert events[-1]["type"] in ("response.completed", "response.incomplete"), events[-1]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    elif responses_api:
+        assert resp.json()["object"] == "response" and resp.json()["output"]
     elif resp.headers["content-type"].startswith("text/event-stream"):
         events = [ln[6:] for ln in resp.text.splitlines() if ln.startswith("data: ")]
         assert events[-1] == "[DONE]"
@@ -161,6 +228,20 @@ def test_fuzz_valid_chat(server, body):
         body.pop("ignore_eos", None)  # a JSON answer ends with its document: ignore_eos is refused with it (400)
     resp = server[1].post("/v1/chat/completions", json=body)
     _check(resp)
+    assert resp.status_code == 200, resp.text
+
+
+@settings(SETTINGS, max_examples=150)
+@given(body=responses_body)
+def test_fuzz_responses(server, body):
+    _check(server[1].post("/v1/responses", json=body), responses_api=True)
+
+
+@settings(SETTINGS, max_examples=100)
+@given(body=valid_responses_body)
+def test_fuzz_valid_responses(server, body):
+    resp = server[1].post("/v1/responses", json=body)
+    _check(resp, responses_api=True)
     assert resp.status_code == 200, resp.text
 
 

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP app: `create_app(llm, settings)` -> a FastAPI app the official `openai` client uses
 unchanged.
 
-Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both streamed as server-sent events or not),
+Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses` (OpenAI's Responses API,
+run as the chat request it translates to; all three streamed as server-sent events or not),
 `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), vLLM's `POST /tokenize` / `POST /detokenize`,
 and, with `allow_runtime_lora`, vLLM's `POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter`. All
 generation goes through one `EngineLoop`.
@@ -33,6 +34,7 @@ from qwen3vl.llm import LLM
 from qwen3vl.processing.errors import MediaError, MessageFormatError
 from qwen3vl.processing.sources import FetchOptions
 from qwen3vl.serve import responses as R
+from qwen3vl.serve import responses_api as RA
 from qwen3vl.serve.errors import APIError, bad_request, error_body
 from qwen3vl.serve.jobs import Deltas, Finished, Job
 from qwen3vl.serve.loop import EngineLoop, RequestHandle
@@ -195,6 +197,21 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         env = envelope("chatcmpl", adapter)
         events = (lambda h: _chat_events(env, h, req.n, req.include_usage)) if req.stream else None
         return await run(request, env, build, arrival, events, R.chat_completion)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        """OpenAI's Responses API, run as the chat request it translates to (responses_api.py)."""
+        arrival = time.monotonic()
+        body = await read_json(request, max_body)
+        chat = RA.chat_body(body)
+        if chat.get("n", 1) != 1:
+            raise bad_request("n is not supported by the Responses API (one answer per response)", "n")
+        req, adapter, build = chat_request(chat)
+        echo = RA.Echo(body, adapter or names[0])
+        env = R.Envelope(echo.id, echo.created_at, echo.model)
+        events = (lambda h: RA.response_events(echo, h)) if req.stream else None
+        return await run(request, env, build, arrival, events,
+                         lambda env, choices, usage: RA.response_object(echo, choices, usage))
 
     @app.post("/v1/completions")
     async def completions(request: Request):

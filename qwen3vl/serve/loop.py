@@ -86,7 +86,8 @@ class _Active:
 
     def usage(self) -> Usage:
         cached = sum(self.seqs[k * self.job.params.n].num_cached_prefix for k in range(len(self.rids)))
-        return Usage(self.prompt_tokens, sum(len(s.output_ids) for s in self.seqs), cached)
+        reasoning = sum(c.reasoning_tokens() for c in self.choices)
+        return Usage(self.prompt_tokens, sum(len(s.output_ids) for s in self.seqs), cached, reasoning)
 
 
 def _answer(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:

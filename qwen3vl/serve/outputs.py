@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwen3vl.engine.engine import StepOutput
-from qwen3vl.engine.output import completed_tool_calls, parse_output
+from qwen3vl.engine.output import THINK_END, completed_tool_calls, parse_output
 from qwen3vl.engine.sequence import Sequence
 from qwen3vl.llm import LLM, _StreamState
 from qwen3vl.tasks.toolcalls import TOOL_CLOSE, TOOL_OPEN
@@ -202,6 +202,14 @@ class ChatChoice:
         self.sent_calls += new
         return _indexed(new, start)
 
+    def reasoning_tokens(self) -> int:
+        """A Thinking model's output tokens up to and including its `</think>` (all of them if it never wrote it)."""
+        if not self.llm.thinking:
+            return 0
+        ids = list(self.seq.output_ids)
+        end = self.llm.tokenizer.token_to_id(THINK_END)
+        return ids.index(end) + 1 if end in ids else len(ids)
+
     def result(self) -> ChoiceResult:
         if self._result is not None:
             return self._result
@@ -299,6 +307,9 @@ class TextChoice:
         piece = full[len(self.sent):max(len(self.sent), len(full) - self.hold)]
         self.sent += piece
         return ChoiceDelta(self.index, head + piece, logprobs=lps) if head or piece or lps else None
+
+    def reasoning_tokens(self) -> int:
+        return 0
 
     def result(self) -> ChoiceResult:
         if self._result is None:

@@ -1,0 +1,430 @@
+"""OpenAI's Responses API (`POST /v1/responses`, `client.responses.create`) on top of the chat path.
+
+A Responses request is translated into a chat completions body (`chat_body`) and runs exactly as that chat request
+would: the same template, media handling, sampling, JSON and tool-call constraints and errors. Its result is then
+written as a Response object (`response_object`), or, streamed, as Responses events (`ResponseEvents`).
+
+The request, field by field (Responses -> chat completions):
+
+* `input`: a string is one user message. Items: `message` items by role (`developer` -> `system`), with
+  `input_text` / `output_text` -> text parts and `input_image` -> `image_url` (chat parts such as `video_url` pass
+  as they are); `function_call` items -> the assistant's `tool_calls` (joining the assistant message before them);
+  `function_call_output` -> a `tool` message; a `reasoning` item -> the next assistant message's
+  `reasoning_content`.
+* `instructions` -> a first system message; `max_output_tokens` -> `max_completion_tokens`.
+* `tools` (`{"type": "function", "name", ...}`) -> `{"type": "function", "function": {...}}`; `tool_choice`
+  `{"type": "function", "name"}` -> `{"type": "function", "function": {"name"}}`.
+* `text.format` (`json_object`, `json_schema`) -> `response_format`; `top_logprobs` or
+  `include: ["message.output_text.logprobs"]` -> `logprobs`, `top_logprobs`.
+* `temperature`, `top_p`, `parallel_tool_calls`, `stream`, and every `extra_body` field the chat endpoint reads
+  (`top_k`, `seed`, `stop`, media budgets, ...) pass as they are.
+
+Nothing is stored (`store` is accepted and has no effect), so `previous_response_id`, `conversation`,
+`background` and `prompt` (stored prompts) are refused by name, as are tools other than functions and input files.
+`reasoning` (effort, summary) is accepted and has no effect: a Thinking model always reasons, an Instruct one never.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from qwen3vl.serve.errors import APIError, bad_request
+from qwen3vl.serve.jobs import Deltas, Finished, Usage
+from qwen3vl.serve.outputs import ChoiceDelta, ChoiceResult
+
+# request fields that need state this server does not keep
+_STATEFUL = ("previous_response_id", "conversation", "prompt")
+# fields this module translates (everything else passes to the chat request as it is, e.g. extra_body's)
+_OWN = {"input", "instructions", "max_output_tokens", "tools", "tool_choice", "text", "top_logprobs", "include",
+        "reasoning", "store", "metadata", "truncation", "background", "max_tool_calls", "service_tier",
+        "prompt_cache_key", "safety_identifier", "user", "stream_options", *_STATEFUL}
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+# ------------------------------------------------------------------------------------------------- request
+def chat_body(body: Any) -> dict[str, Any]:
+    """The chat completions body that runs a Responses request; a 400 naming the field for what cannot run."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    for key in _STATEFUL:
+        if body.get(key) is not None:
+            raise bad_request(f"{key} is not supported: this server does not store responses or conversations; "
+                              f"send the whole conversation as input", key)
+    if body.get("background"):
+        raise bad_request("background responses are not supported by this server", "background")
+    if body.get("truncation") not in (None, "disabled"):
+        raise bad_request("truncation 'auto' is not supported: a prompt longer than the context is refused",
+                          "truncation")
+    if body.get("max_tool_calls") is not None:
+        raise bad_request("max_tool_calls is not supported by this server (use parallel_tool_calls: false for at "
+                          "most one call)", "max_tool_calls")
+    out = {k: v for k, v in body.items() if k not in _OWN}
+    messages = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise bad_request("instructions must be a string", "instructions")
+        messages.append({"role": "system", "content": instructions})
+    messages += _messages(body.get("input"))
+    out["messages"] = messages
+    if body.get("max_output_tokens") is not None:
+        out["max_completion_tokens"] = body["max_output_tokens"]
+    if body.get("tools") is not None:
+        out["tools"] = _tools(body["tools"])
+    if body.get("tool_choice") is not None:
+        out["tool_choice"] = _tool_choice(body["tool_choice"])
+    fmt = _format(body.get("text"))
+    if fmt is not None:
+        out["response_format"] = fmt
+    include = body.get("include") or []
+    if not isinstance(include, list):
+        raise bad_request("include must be a list of strings", "include")
+    if body.get("top_logprobs") is not None or LOGPROBS_INCLUDE in include:
+        out["logprobs"] = True
+        if body.get("top_logprobs") is not None:
+            out["top_logprobs"] = body["top_logprobs"]
+    return out
+
+
+def _messages(items: Any) -> list[dict[str, Any]]:
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        raise bad_request("input must be a string or a non-empty list of input items", "input")
+    messages: list[dict[str, Any]] = []
+    reasoning: str | None = None  # a reasoning item's text, for the assistant message that follows it
+
+    def assistant() -> dict[str, Any]:
+        """The assistant message a function call joins: the last message if it is the assistant's, else a new one."""
+        nonlocal reasoning
+        if not messages or messages[-1]["role"] != "assistant":
+            messages.append({"role": "assistant", "content": ""})
+        if reasoning is not None:
+            messages[-1]["reasoning_content"] = reasoning
+            reasoning = None
+        return messages[-1]
+
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{where}: an input item must be an object", "input")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise bad_request(f"{where}: role must be user, assistant, system or developer, got {role!r}", "input")
+            content = _content(item.get("content"), where)
+            if role == "assistant":
+                assistant()  # (a new message unless the last one is the assistant's)
+                last = messages[-1]
+                if last["content"]:
+                    last["content"] = _join(last["content"], content)
+                else:
+                    last["content"] = content
+            else:
+                messages.append({"role": "system" if role == "developer" else role, "content": content})
+        elif kind == "function_call":
+            name, arguments, call_id = item.get("name"), item.get("arguments"), item.get("call_id")
+            if not isinstance(name, str) or not isinstance(arguments, str) or not isinstance(call_id, str):
+                raise bad_request(f"{where}: a function_call item needs string name, arguments and call_id", "input")
+            assistant().setdefault("tool_calls", []).append(
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+        elif kind == "function_call_output":
+            call_id, output = item.get("call_id"), item.get("output")
+            if not isinstance(call_id, str):
+                raise bad_request(f"{where}: a function_call_output item needs a string call_id", "input")
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": _content(output, where)})
+        elif kind == "reasoning":
+            parts = item.get("content") or item.get("summary") or []
+            if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+                raise bad_request(f"{where}: a reasoning item's content must be a list of parts", "input")
+            reasoning = "".join(str(p.get("text", "")) for p in parts)
+        else:
+            raise bad_request(f"{where}: input items of type {kind!r} are not supported (message, function_call, "
+                              f"function_call_output, reasoning)", "input")
+    if reasoning is not None:
+        raise bad_request("input: a reasoning item must be followed by the assistant's message or function call",
+                          "input")
+    return messages
+
+
+def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"{where}: content must be a string or a list of content parts", "input")
+    parts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise bad_request(f"{where}.content[{j}]: a content part must be an object", "input")
+        kind = part.get("type")
+        if kind in ("input_text", "output_text"):
+            parts.append({"type": "text", "text": part.get("text")})
+        elif kind == "input_image":
+            if part.get("file_id") is not None or not isinstance(part.get("image_url"), str):
+                raise bad_request(f"{where}.content[{j}]: an input_image needs image_url (a URL or a data URI); "
+                                  f"file_id is not supported (no files API)", "input")
+            parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+        elif kind in ("input_file", "input_audio", "refusal"):
+            raise bad_request(f"{where}.content[{j}]: {kind} parts are not supported", "input")
+        else:  # a chat content part (text, image_url, video_url, image, video): checked as the chat endpoint does
+            parts.append(part)
+    return parts
+
+
+def _join(a: str | list, b: str | list) -> str | list:
+    """Two contents of one assistant turn as one."""
+    if isinstance(a, str) and isinstance(b, str):
+        return a + b
+    parts = lambda c: [{"type": "text", "text": c}] if isinstance(c, str) else c  # noqa: E731
+    return parts(a) + parts(b)
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise bad_request("tools must be a list", "tools")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else type(tool).__name__
+            raise bad_request(f"tools[{i}]: only function tools are supported, got {kind!r}", "tools")
+        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: Any) -> Any:
+    if isinstance(choice, str):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        raise bad_request("tool_choice allowed_tools is not supported (send only the allowed tools)", "tool_choice")
+    raise bad_request("tool_choice must be none, auto, required or {\"type\": \"function\", \"name\": ...}",
+                      "tool_choice")
+
+
+def _format(text: Any) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    if not isinstance(text, dict):
+        raise bad_request("text must be an object, e.g. {\"format\": {\"type\": \"json_object\"}}", "text")
+    fmt = text.get("format")
+    if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):
+        raise bad_request("text.format.type must be text, json_object or json_schema", "text")
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    schema = {k: fmt[k] for k in ("name", "description", "schema", "strict") if fmt.get(k) is not None}
+    return {"type": "json_schema", "json_schema": schema}
+
+
+# ------------------------------------------------------------------------------------------------- response
+class Echo:
+    """The request fields a Response object repeats, and its identity."""
+
+    def __init__(self, body: dict[str, Any], model: str):
+        self.id = _new_id("resp")
+        self.created_at = int(time.time())
+        self.model = model
+        tool_choice = body.get("tool_choice")
+        self.fields = {
+            "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+            "metadata": body.get("metadata") or {}, "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "temperature": body.get("temperature"), "top_p": body.get("top_p"),
+            "tool_choice": "auto" if tool_choice is None else tool_choice, "tools": body.get("tools") or [],
+            "text": body.get("text") or {"format": {"type": "text"}}, "top_logprobs": body.get("top_logprobs"),
+            "reasoning": body.get("reasoning"), "store": False, "truncation": "disabled", "background": False,
+            "previous_response_id": None, "user": body.get("user"),
+        }
+
+    def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
+                 incomplete: str | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+                "completed_at": int(time.time()) if status == "completed" else None, "model": self.model,
+                "output": output, "error": error,
+                "incomplete_details": {"reason": incomplete} if incomplete else None,
+                "usage": usage, **self.fields}
+
+
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    return {"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "output_tokens": usage.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+def _reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    return {"id": item_id, "type": "reasoning", "summary": [], "status": status,
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
+def _message_item(item_id: str, text: str, logprobs: list | None, status: str = "completed") -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "role": "assistant", "status": status,
+            "content": [_text_part(text, logprobs)]}
+
+
+def _text_part(text: str, logprobs: list | None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+
+
+def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    """An OpenAI chat tool call as a function_call output item (the chat call id is its call_id)."""
+    return {"id": "fc_" + call["id"].removeprefix("call_"), "type": "function_call", "status": status,
+            "call_id": call["id"], "name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+
+
+def _finish(reason: str | None) -> tuple[str, str | None]:
+    """(status, incomplete reason) for a chat finish_reason."""
+    return ("incomplete", "max_output_tokens") if reason == "length" else ("completed", None)
+
+
+def response_object(echo: Echo, choices: list[ChoiceResult], usage: Usage) -> dict[str, Any]:
+    """A finished request as one Response object: reasoning, then the message, then the function calls."""
+    (c,) = choices
+    output = []
+    if c.reasoning:
+        output.append(_reasoning_item(_new_id("rs"), c.reasoning))
+    if c.text or not c.tool_calls:
+        output.append(_message_item(_new_id("msg"), c.text, c.logprobs))
+    output += [_call_item(call) for call in c.tool_calls]
+    status, incomplete = _finish(c.finish_reason)
+    return {**echo.response(status, output, usage_dict(usage), incomplete), **c.extra}
+
+
+class ResponseEvents:
+    """A streamed request's deltas as Responses events (`response.created` ... `response.completed`).
+
+    Output items open and close as the answer goes: reasoning, then text, each tool call as it completes (its
+    arguments in one delta), and text after a call in a new message item. The final event carries the whole
+    response, its items as they were streamed."""
+
+    def __init__(self, echo: Echo):
+        self.echo = echo
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []  # items done so far (the open one is in self.open)
+        self.open: dict[str, Any] | None = None  # {"item": ..., "text": ..., "logprobs": [...]}
+        self.finish_reason: str | None = None
+
+    def _event(self, kind: str, **fields: Any) -> str:
+        obj = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return f"event: {kind}\ndata: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+    def start(self) -> list[str]:
+        snapshot = self.echo.response("in_progress", [])
+        return [self._event("response.created", response=snapshot),
+                self._event("response.in_progress", response=snapshot)]
+
+    def _index(self) -> int:
+        return len(self.output)
+
+    def _open(self, kind: str) -> list[str]:
+        if self.open is not None and self.open["item"]["type"] == kind:
+            return []
+        out = self._close()
+        item_id = _new_id("rs" if kind == "reasoning" else "msg")
+        item = (_reasoning_item(item_id, "", "in_progress") if kind == "reasoning"
+                else _message_item(item_id, "", None, "in_progress"))
+        part = {"type": "reasoning_text", "text": ""} if kind == "reasoning" else _text_part("", None)
+        empty = {**item, "content": []}
+        self.open = {"item": item, "text": "", "logprobs": []}
+        return out + [self._event("response.output_item.added", output_index=self._index(), item=empty),
+                      self._event("response.content_part.added", item_id=item_id, output_index=self._index(),
+                                  content_index=0, part=part)]
+
+    def _close(self) -> list[str]:
+        if self.open is None:
+            return []
+        item, text, logprobs = self.open["item"], self.open["text"], self.open["logprobs"]
+        self.open = None
+        where = {"item_id": item["id"], "output_index": self._index(), "content_index": 0}
+        if item["type"] == "reasoning":
+            done = _reasoning_item(item["id"], text)
+            events = [self._event("response.reasoning_text.done", **where, text=text)]
+        else:
+            done = _message_item(item["id"], text, logprobs)
+            events = [self._event("response.output_text.done", **where, text=text, logprobs=logprobs)]
+        events += [self._event("response.content_part.done", **where, part=done["content"][0]),
+                   self._event("response.output_item.done", output_index=self._index(), item=done)]
+        self.output.append(done)
+        return events
+
+    def _text(self, kind: str, delta: str, logprobs: list | None) -> list[str]:
+        out = self._open(kind)
+        self.open["text"] += delta
+        item_id = self.open["item"]["id"]
+        where = {"item_id": item_id, "output_index": self._index(), "content_index": 0}
+        if kind == "reasoning":
+            return out + [self._event("response.reasoning_text.delta", **where, delta=delta)]
+        self.open["logprobs"] += logprobs or []
+        return out + [self._event("response.output_text.delta", **where, delta=delta, logprobs=logprobs or [])]
+
+    def _call(self, call: dict[str, Any]) -> list[str]:
+        out = self._close()
+        item = _call_item(call)
+        index = self._index()
+        self.output.append(item)
+        return out + [
+            self._event("response.output_item.added", output_index=index,
+                        item={**item, "status": "in_progress", "arguments": ""}),
+            self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                        delta=item["arguments"]),
+            self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                        name=item["name"], arguments=item["arguments"]),
+            self._event("response.output_item.done", output_index=index, item=item)]
+
+    def delta(self, d: ChoiceDelta) -> list[str]:
+        out = []
+        if d.reasoning:
+            out += self._text("reasoning", d.reasoning, None)
+        if d.text or (d.logprobs and not d.reasoning):
+            out += self._text("message", d.text, d.logprobs)
+        for call in d.tool_calls or []:
+            out += self._call({k: v for k, v in call.items() if k != "index"})
+        if d.finish_reason is not None:
+            self.finish_reason = d.finish_reason
+        return out
+
+    def finish(self, usage: Usage) -> list[str]:
+        out = []
+        if not self.output and self.open is None:  # nothing was said: one empty message, as the plain answer has
+            out += self._open("message")
+        out += self._close()
+        status, incomplete = _finish(self.finish_reason)
+        final = self.echo.response(status, self.output, usage_dict(usage), incomplete)
+        return out + [self._event(f"response.{status}", response=final)]
+
+    def fail(self, error: APIError) -> list[str]:
+        code = error.code or error.type
+        out = [self._event("error", code=code, message=error.message, param=error.param)]
+        failed = self.echo.response("failed", self.output, None, error={"code": code, "message": error.message})
+        return out + [self._event("response.failed", response=failed)]
+
+
+async def response_events(echo: Echo, handle: Any) -> AsyncIterator[str]:
+    from qwen3vl.serve.transport import stream_events
+
+    events = ResponseEvents(echo)
+    for chunk in events.start():
+        yield chunk
+    async for ev in stream_events(handle):
+        if isinstance(ev, Deltas):
+            for d in ev.deltas:
+                for chunk in events.delta(d):
+                    yield chunk
+        elif isinstance(ev, Finished):
+            for chunk in events.finish(ev.usage):
+                yield chunk
+        else:
+            for chunk in events.fail(ev):
+                yield chunk

@@ -1,0 +1,302 @@
+"""OpenAI's Responses API (`POST /v1/responses`) through the official `openai` client (`client.responses`).
+
+A Responses request runs as the chat request it translates to, so every answer here is compared with the chat
+endpoint's answer to the same conversation on the same server: text, token counts, finish state, tool calls and
+reasoning. A tiny random checkpoint answers plain requests; a `ScriptedSampler` makes it write tool calls and
+reasoning (the rest of the path is real). The translation itself and the event stream are checked directly too."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from qwen3vl.llm import LLM
+from qwen3vl.model.testing import write_tiny_model
+from qwen3vl.serve.app import ServeSettings, create_app
+from qwen3vl.serve.errors import APIError
+from qwen3vl.serve.jobs import Usage
+from qwen3vl.serve.outputs import ChoiceDelta
+from qwen3vl.serve.responses_api import Echo, ResponseEvents, chat_body
+from qwen3vl.serve.testing import ScriptedSampler, ServerThread, png_data_uri
+
+TOOL = {"type": "function", "name": "get_weather", "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+CHAT_TOOL = {"type": "function", "function": {k: v for k, v in TOOL.items() if k != "type"}}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def _serve(folder):
+    llm = LLM(folder, kv_cache_gb=0.05)
+    script = ScriptedSampler(llm.tokenizer, eos=llm.tokenizer.special.im_end)
+    server = ServerThread(create_app(llm, ServeSettings(["tiny"], sampling_defaults={"max_tokens": 256})))
+    return llm, script, server
+
+
+@pytest.fixture(scope="module")
+def instruct(tmp_path_factory):
+    llm, script, server = _serve(write_tiny_model(tmp_path_factory.mktemp("instruct"), sharpen=3.0))
+    with script, server:
+        yield llm, script, openai.OpenAI(api_key="x", base_url=server.url + "/v1", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def thinking(tmp_path_factory):
+    folder = write_tiny_model(tmp_path_factory.mktemp("thinking"), chat_template="thinking", sharpen=3.0)
+    llm, script, server = _serve(folder)
+    with script, server:
+        yield llm, script, openai.OpenAI(api_key="x", base_url=server.url + "/v1", max_retries=0, timeout=60)
+
+
+def _streamed(client, **kw):
+    """(event types, the final response) through the client's own stream helper, which checks the events'
+    consistency (items added before their deltas, closed before the end) as it accumulates them."""
+    with client.responses.stream(**kw) as stream:
+        events = list(stream)
+        # (the helper builds its final response from response.completed only; an incomplete one ends the stream
+        # with response.incomplete, which carries the response the same way)
+        final = events[-1].response if events[-1].type == "response.incomplete" else stream.get_final_response()
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[-1].type in ("response.completed", "response.incomplete")
+    return [e.type for e in events], final
+
+
+# ------------------------------------------------------------------------------------------------- answers
+def test_text_and_image_input_answer_as_the_chat_endpoint(instruct):
+    _, script, client = instruct
+    script.say(None)  # the real (greedy) sampler
+    image = png_data_uri(3)
+    chat = client.chat.completions.create(model="tiny", temperature=0, max_tokens=8, messages=[
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                     {"type": "text", "text": "What is this?"}]}])
+    r = client.responses.create(model="tiny", temperature=0, max_output_tokens=8, instructions="Be brief.", input=[
+        {"role": "user", "content": [{"type": "input_image", "image_url": image},
+                                     {"type": "input_text", "text": "What is this?"}]}])
+    assert r.object == "response" and r.id.startswith("resp_") and r.model == "tiny"
+    assert r.output_text == chat.choices[0].message.content and r.output_text
+    assert r.usage.input_tokens == chat.usage.prompt_tokens > 64  # the image's tokens are in the prompt
+    assert r.usage.output_tokens == chat.usage.completion_tokens
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert r.usage.output_tokens_details.reasoning_tokens == 0
+    (item,) = r.output
+    assert item.type == "message" and item.role == "assistant" and item.status == "completed"
+    want = "incomplete" if chat.choices[0].finish_reason == "length" else "completed"
+    assert r.status == want and r.instructions == "Be brief." and r.max_output_tokens == 8
+
+    types, final = _streamed(client, model="tiny", temperature=0, max_output_tokens=8, instructions="Be brief.",
+                             input=[{"role": "user", "content": [{"type": "input_image", "image_url": image},
+                                                                 {"type": "input_text", "text": "What is this?"}]}])
+    assert final.output_text == r.output_text and final.usage.output_tokens == r.usage.output_tokens
+    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert "response.output_text.delta" in types and types[-1] == f"response.{want}"
+
+
+def test_a_string_input_and_the_token_limit(instruct):
+    _, script, client = instruct
+    script.say(None)
+    chat = client.chat.completions.create(model="tiny", temperature=0, max_tokens=3,
+                                          messages=[{"role": "user", "content": "Count to ten."}])
+    r = client.responses.create(model="tiny", temperature=0, max_output_tokens=3, input="Count to ten.")
+    assert chat.choices[0].finish_reason == "length" and r.output_text == chat.choices[0].message.content
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage.output_tokens == 3
+    types, final = _streamed(client, model="tiny", temperature=0, max_output_tokens=3, input="Count to ten.")
+    assert final.status == "incomplete" and types[-1] == "response.incomplete" and final.output_text == r.output_text
+
+
+def test_logprobs(instruct):
+    _, script, client = instruct
+    script.say(None)
+    chat = client.chat.completions.create(model="tiny", temperature=0, max_tokens=5, logprobs=True, top_logprobs=2,
+                                          messages=[{"role": "user", "content": "Hi"}])
+    r = client.responses.create(model="tiny", temperature=0, max_output_tokens=5, top_logprobs=2, input="Hi",
+                                include=["message.output_text.logprobs"])
+    got = r.output[0].content[0].logprobs
+    want = chat.choices[0].logprobs.content
+    assert [e.token for e in got] == [e.token for e in want] and got
+    assert [e.logprob for e in got] == pytest.approx([e.logprob for e in want], abs=1e-5)
+    assert all(len(e.top_logprobs) == 2 for e in got)
+
+
+def test_json_schema_format_is_enforced(instruct):
+    _, script, client = instruct
+    script.say(None)
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"],
+              "additionalProperties": False}
+    r = client.responses.create(model="tiny", temperature=0, max_output_tokens=40, input="Is it red?",
+                                text={"format": {"type": "json_schema", "name": "a", "schema": schema, "strict": True}})
+    assert json.loads(r.output_text)["answer"] in ("yes", "no")
+
+
+# ------------------------------------------------------------------------------------------------- tools
+def test_function_calls_and_their_outputs(instruct):
+    _, script, client = instruct
+    script.say("Let me check.\n" + CALL)
+    r = client.responses.create(model="tiny", input="Weather in Paris?", tools=[TOOL])
+    message, call = r.output
+    assert message.type == "message" and r.output_text == "Let me check."
+    assert call.type == "function_call" and call.name == "get_weather" and call.status == "completed"
+    assert json.loads(call.arguments) == {"city": "Paris"} and call.call_id.startswith("call_")
+    assert r.status == "completed"
+
+    types, final = _streamed(client, model="tiny", input="Weather in Paris?", tools=[TOOL])
+    assert [o.type for o in final.output] == ["message", "function_call"]
+    assert final.output_text == "Let me check." and json.loads(final.output[1].arguments) == {"city": "Paris"}
+    assert "response.function_call_arguments.done" in types
+
+    # the next turn: the call and its output as input items give the prompt the chat endpoint builds for them
+    script.say("It is sunny.")
+    r2 = client.responses.create(model="tiny", tools=[TOOL], input=[
+        {"role": "user", "content": "Weather in Paris?"}, *[o.model_dump(exclude_none=True) for o in r.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 24 C"}])
+    chat = client.chat.completions.create(model="tiny", tools=[CHAT_TOOL], messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [
+            {"id": call.call_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": "sunny, 24 C"}])
+    assert r2.output_text == chat.choices[0].message.content == "It is sunny."
+    assert r2.usage.input_tokens == chat.usage.prompt_tokens
+
+    # a named function is forced (the server writes the call's opening), as with the chat endpoint
+    script.say('{"city": "Rome"}}\n</tool_call>')
+    forced = client.responses.create(model="tiny", input="Anything.", tools=[TOOL],
+                                     tool_choice={"type": "function", "name": "get_weather"})
+    (call,) = forced.output
+    assert call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments) == {
+        "city": "Rome"}
+
+
+def test_thinking_reasoning_items(thinking):
+    llm, script, client = thinking
+    reasoning = "The user greets me."
+    script.say(f"{reasoning}\n</think>\n\nHello!")
+    r = client.responses.create(model="tiny", input="Hi")
+    kinds = [o.type for o in r.output]
+    assert kinds == ["reasoning", "message"] and r.output_text == "Hello!"
+    assert r.output[0].content[0].text == reasoning
+    want = len(llm.tokenizer.encode(f"{reasoning}\n</think>"))
+    assert r.usage.output_tokens_details.reasoning_tokens == want < r.usage.output_tokens
+
+    types, final = _streamed(client, model="tiny", input="Hi")
+    assert [o.type for o in final.output] == ["reasoning", "message"] and final.output_text == "Hello!"
+    assert final.output[0].content[0].text == reasoning
+    assert "response.reasoning_text.delta" in types
+    assert types.index("response.reasoning_text.done") < types.index("response.output_text.delta")
+
+    # reasoning given back as an input item reaches the template as the assistant's reasoning_content
+    script.say("Fine.")
+    items = [{"role": "user", "content": "Hi"}, *[o.model_dump(exclude_none=True) for o in r.output],
+             {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "call_1", "output": "ok"}]
+    r2 = client.responses.create(model="tiny", input=items, tools=[TOOL])
+    chat = client.chat.completions.create(model="tiny", tools=[CHAT_TOOL], messages=[
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": reasoning, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"}])
+    assert r2.usage.input_tokens == chat.usage.prompt_tokens
+    without = client.chat.completions.create(model="tiny", tools=[CHAT_TOOL], messages=[
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"}])
+    assert without.usage.prompt_tokens < chat.usage.prompt_tokens  # (so the count above does see the reasoning)
+
+
+# ------------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("fields, param, words", [
+    ({"previous_response_id": "resp_1"}, "previous_response_id", "does not store"),
+    ({"tools": [{"type": "web_search"}]}, "tools", "only function tools"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input", "input_file"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, "input", "'item_reference' are not supported"),
+    ({"input": []}, "input", "non-empty list"),
+    ({"input": [{"role": "moderator", "content": "x"}]}, "input", "role must be"),
+    ({"truncation": "auto"}, "truncation", "longer than the context"),
+    ({"n": 2}, "n", "one answer per response"),
+    ({"text": {"format": {"type": "yaml"}}}, "text", "json_schema"),
+])
+def test_what_cannot_run_is_a_400_naming_the_field(instruct, fields, param, words):
+    _, _, client = instruct
+    body = {"model": "tiny", "input": "hi", **fields}
+    r = httpx.post(str(client.base_url) + "responses", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and words in error["message"]
+
+
+def test_an_unknown_model_is_a_404(instruct):
+    _, _, client = instruct
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="gpt-5", input="hi")
+
+
+# ------------------------------------------------------------------------------------------------- pieces
+def test_chat_body_translation():
+    body = chat_body({
+        "model": "m", "instructions": "Sys.", "max_output_tokens": 9, "temperature": 0.5, "top_k": 3,
+        "tool_choice": {"type": "function", "name": "f"}, "tools": [{"type": "function", "name": "f"}],
+        "text": {"format": {"type": "json_object"}}, "store": True, "reasoning": {"effort": "low"},
+        "input": [
+            {"role": "developer", "content": "Dev."},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"},
+                                                            {"type": "video_url", "video_url": {"url": "v.mp4"}}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "r"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "b"}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{\"x\": 1}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "one"},
+            {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "two"}]},
+        ]})
+    assert body == {
+        "model": "m", "temperature": 0.5, "top_k": 3, "max_completion_tokens": 9,
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "response_format": {"type": "json_object"},
+        "messages": [
+            {"role": "system", "content": "Sys."},
+            {"role": "system", "content": "Dev."},
+            {"role": "user", "content": [{"type": "text", "text": "a"},
+                                         {"type": "video_url", "video_url": {"url": "v.mp4"}}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "b"}], "reasoning_content": "r",
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                            {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "one"},
+            {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "two"}]},
+        ]}
+    with pytest.raises(APIError, match="followed by the assistant"):
+        chat_body({"input": [{"role": "user", "content": "a"}, {"type": "reasoning", "content": []}]})
+
+
+def test_event_stream_items_open_and_close_in_order():
+    events = ResponseEvents(Echo({"model": "m"}, "m"))
+    out = events.start()
+    out += events.delta(ChoiceDelta(0, reasoning="think"))
+    out += events.delta(ChoiceDelta(0, text="Hello"))
+    out += events.delta(ChoiceDelta(0, text=" there", tool_calls=[
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]))
+    out += events.delta(ChoiceDelta(0, text="after", finish_reason="tool_calls"))
+    out += events.finish(Usage(5, 7, 0, 2))
+    parsed = [json.loads(e.split("data: ", 1)[1]) for e in out]
+    assert all(e.startswith(f"event: {p['type']}\n") for e, p in zip(out, parsed))
+    assert [p["sequence_number"] for p in parsed] == list(range(len(parsed)))
+    added = [(p["output_index"], p["item"]["type"]) for p in parsed if p["type"] == "response.output_item.added"]
+    done = [(p["output_index"], p["item"]["type"]) for p in parsed if p["type"] == "response.output_item.done"]
+    assert added == done == [(0, "reasoning"), (1, "message"), (2, "function_call"), (3, "message")]
+    final = parsed[-1]["response"]
+    assert parsed[-1]["type"] == "response.completed" and final["status"] == "completed"
+    assert [o["type"] for o in final["output"]] == ["reasoning", "message", "function_call", "message"]
+    assert final["output"][1]["content"][0]["text"] == "Hello there"
+    assert final["output"][3]["content"][0]["text"] == "after"
+    assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 2} and final["usage"]["total_tokens"] == 12
+
+    failing = ResponseEvents(Echo({"model": "m"}, "m"))
+    failing.start()
+    failing.delta(ChoiceDelta(0, text="par"))
+    last = [json.loads(e.split("data: ", 1)[1]) for e in failing.fail(APIError(504, "too slow", code="timeout"))]
+    assert last[0]["type"] == "error" and last[0]["code"] == "timeout" and last[0]["message"] == "too slow"
+    assert last[1]["type"] == "response.failed" and last[1]["response"]["error"]["code"] == "timeout"
