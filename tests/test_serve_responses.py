@@ -219,6 +219,12 @@ def test_thinking_reasoning_items(thinking):
     ({"truncation": "auto"}, "truncation", "longer than the context"),
     ({"n": 2}, "n", "one answer per response"),
     ({"text": {"format": {"type": "yaml"}}}, "text", "json_schema"),
+    # the chat request's own checks, with the field spelled as in the Responses request
+    ({"max_output_tokens": "9"}, "max_output_tokens", "max_output_tokens: Input should be a valid integer"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]}, "input", ""),
+    ({"tools": [{"type": "function", "name": 5}]}, "tools[0].name", "tools[0].name: Input should be"),
+    ({"text": {"format": {"type": "json_schema", "name": "s", "strict": True,
+                          "schema": {"type": "object", "multipleOf": 2}}}}, "text.format", "multipleOf"),
 ])
 def test_what_cannot_run_is_a_400_naming_the_field(instruct, fields, param, words):
     _, _, client = instruct

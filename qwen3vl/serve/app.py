@@ -206,12 +206,15 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         chat = RA.chat_body(body)
         if chat.get("n", 1) != 1:
             raise bad_request("n is not supported by the Responses API (one answer per response)", "n")
-        req, adapter, build = chat_request(chat)
-        echo = RA.Echo(body, adapter or names[0])
-        env = R.Envelope(echo.id, echo.created_at, echo.model)
-        events = (lambda h: RA.response_events(echo, h)) if req.stream else None
-        return await run(request, env, build, arrival, events,
-                         lambda env, choices, usage: RA.response_object(echo, choices, usage))
+        try:  # (errors name the fields as the Responses request spells them)
+            req, adapter, build = chat_request(chat)
+            echo = RA.Echo(body, adapter or names[0])
+            env = R.Envelope(echo.id, echo.created_at, echo.model)
+            events = (lambda h: RA.response_events(echo, h)) if req.stream else None
+            return await run(request, env, build, arrival, events,
+                             lambda env, choices, usage: RA.response_object(echo, choices, usage))
+        except APIError as e:
+            raise RA.renamed(e) from None
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -27,6 +27,7 @@ Nothing is stored (`store` is accepted and has no effect), so `previous_response
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -228,6 +229,22 @@ def _format(text: Any) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
+def renamed(error: APIError) -> APIError:
+    """A chat request's error, its field named as the Responses request spells it (`messages[2].content` ->
+    `input`, `max_completion_tokens` -> `max_output_tokens`, `tools[0].function.name` -> `tools[0].name`, ...)."""
+    old = error.param
+    if not old:
+        return error
+    new = re.sub(r"^messages(\[\d+\])?", "input", old)
+    new = re.sub(r"^max_completion_tokens", "max_output_tokens", new)
+    new = re.sub(r"^response_format", "text.format", new)
+    new = re.sub(r"^(tools\[\d+\]|tool_choice)\.function", r"\1", new)
+    if new != old:
+        message = new + error.message[len(old):] if error.message.startswith(old) else error.message
+        error = APIError(error.status, message, new, error.code, error.type)
+    return error
+
+
 # ------------------------------------------------------------------------------------------------- response
 class Echo:
     """The request fields a Response object repeats, and its identity."""
@@ -405,6 +422,7 @@ class ResponseEvents:
         return out + [self._event(f"response.{status}", response=final)]
 
     def fail(self, error: APIError) -> list[str]:
+        error = renamed(error)
         code = error.code or error.type
         out = [self._event("error", code=code, message=error.message, param=error.param)]
         failed = self.echo.response("failed", self.output, None, error={"code": code, "message": error.message})
