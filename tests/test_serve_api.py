@@ -356,8 +356,9 @@ def test_cli_flags_become_settings():
     add_serve_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", "--model", "/m", "--api-key", "k", "--max-queue", "3", "--request-timeout",
                               "9", "--allowed-local-media-path", "/data", "--allow-remote-media", "--max-tokens",
-                              "7", "--temperature", "0.5"])
+                              "7", "--temperature", "0.5", "--responses-store", "0", "--responses-store-mb", "8"])
     s = settings_from_args(args)
+    assert (s.responses_store, s.responses_store_mb) == (0, 8.0)
     assert (s.served_model_names, s.api_key, s.max_queue, s.request_timeout) == (["/m"], "k", 3, 9.0)
     assert s.allowed_local_media_path == "/data" and s.allow_remote_media
     assert s.sampling_defaults["max_tokens"] == 7 and s.sampling_defaults["temperature"] == 0.5

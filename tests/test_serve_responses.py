@@ -19,7 +19,7 @@ from qwen3vl.serve.app import ServeSettings, create_app
 from qwen3vl.serve.errors import APIError
 from qwen3vl.serve.jobs import Usage
 from qwen3vl.serve.outputs import ChoiceDelta
-from qwen3vl.serve.responses_api import Echo, ResponseEvents, chat_body
+from qwen3vl.serve.responses_api import Echo, ResponseEvents, ResponseStore, chat_body
 from qwen3vl.serve.testing import ScriptedSampler, ServerThread, png_data_uri
 
 TOOL = {"type": "function", "name": "get_weather", "description": "Weather for a city",
@@ -30,23 +30,25 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</
 
 def _serve(folder):
     llm = LLM(folder, kv_cache_gb=0.05)
-    script = ScriptedSampler(llm.tokenizer, eos=llm.tokenizer.special.im_end)
-    server = ServerThread(create_app(llm, ServeSettings(["tiny"], sampling_defaults={"max_tokens": 256})))
-    return llm, script, server
+    return llm, ServerThread(create_app(llm, ServeSettings(["tiny"], sampling_defaults={"max_tokens": 256})))
 
 
 @pytest.fixture(scope="module")
 def instruct(tmp_path_factory):
-    llm, script, server = _serve(write_tiny_model(tmp_path_factory.mktemp("instruct"), sharpen=3.0))
+    llm, server = _serve(write_tiny_model(tmp_path_factory.mktemp("instruct"), sharpen=3.0))
+    # one script for the module: it replaces the engine's sampler for every server in the process
+    script = ScriptedSampler(llm.tokenizer, eos=llm.tokenizer.special.im_end)
     with script, server:
         yield llm, script, openai.OpenAI(api_key="x", base_url=server.url + "/v1", max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="module")
-def thinking(tmp_path_factory):
+def thinking(tmp_path_factory, instruct):
     folder = write_tiny_model(tmp_path_factory.mktemp("thinking"), chat_template="thinking", sharpen=3.0)
-    llm, script, server = _serve(folder)
-    with script, server:
+    llm, server = _serve(folder)
+    script = instruct[1]
+    assert llm.tokenizer.encode("Hello </think>") == script.tokenizer.encode("Hello </think>")  # (same tokenizer)
+    with server:
         yield llm, script, openai.OpenAI(api_key="x", base_url=server.url + "/v1", max_retries=0, timeout=60)
 
 
@@ -210,7 +212,8 @@ def test_thinking_reasoning_items(thinking):
 
 # ------------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("fields, param, words", [
-    ({"previous_response_id": "resp_1"}, "previous_response_id", "does not store"),
+    ({"conversation": "conv_1"}, "conversation", "keeps no conversations"),
+    ({"previous_response_id": 5}, "previous_response_id", "must be a string"),
     ({"tools": [{"type": "web_search"}]}, "tools", "only function tools"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input", "input_file"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, "input", "'item_reference' are not supported"),
@@ -233,6 +236,88 @@ def test_what_cannot_run_is_a_400_naming_the_field(instruct, fields, param, word
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == param and words in error["message"]
+
+
+def test_previous_response_id_continues_a_stored_conversation(instruct):
+    _, script, client = instruct
+    script.say("Hello Ann.")
+    first = client.responses.create(model="tiny", instructions="Be kind.", input="My name is Ann.")
+    assert first.store is True and first.output_text == "Hello Ann."
+    script.say("Ann.")
+    second = client.responses.create(model="tiny", previous_response_id=first.id, input="What is my name?")
+    assert second.previous_response_id == first.id and second.output_text == "Ann."
+    # the same prompt as the whole conversation sent to the chat endpoint (the first instructions not carried over)
+    chat = client.chat.completions.create(model="tiny", messages=[
+        {"role": "user", "content": "My name is Ann."}, {"role": "assistant", "content": "Hello Ann."},
+        {"role": "user", "content": "What is my name?"}])
+    assert second.usage.input_tokens == chat.usage.prompt_tokens
+    # a chain: the third turn sees both earlier ones; a streamed response is stored too
+    script.say("Yes.")
+    types, third = _streamed(client, model="tiny", previous_response_id=second.id, input="Sure?")
+    script.say("Bye.")
+    fourth = client.responses.create(model="tiny", previous_response_id=third.id, input="Bye.")
+    chat = client.chat.completions.create(model="tiny", messages=[
+        {"role": "user", "content": "My name is Ann."}, {"role": "assistant", "content": "Hello Ann."},
+        {"role": "user", "content": "What is my name?"}, {"role": "assistant", "content": "Ann."},
+        {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."},
+        {"role": "user", "content": "Bye."}])
+    assert fourth.usage.input_tokens == chat.usage.prompt_tokens
+
+    # tool calls carry over: a function_call_output continues the response that made the call
+    script.say(CALL)
+    called = client.responses.create(model="tiny", input="Weather in Paris?", tools=[TOOL])
+    (call,) = called.output
+    script.say("Sunny.")
+    after = client.responses.create(model="tiny", tools=[TOOL], previous_response_id=called.id, input=[
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    chat = client.chat.completions.create(model="tiny", tools=[CHAT_TOOL], messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": call.call_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}])
+    assert after.output_text == "Sunny." and after.usage.input_tokens == chat.usage.prompt_tokens
+
+    # GET and DELETE; a response not stored (store: false) or deleted cannot be continued
+    assert client.responses.retrieve(first.id).output_text == "Hello Ann."
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError, match="no stored response"):
+        client.responses.create(model="tiny", previous_response_id=first.id, input="Again?")
+    script.say("Hi.")
+    unstored = client.responses.create(model="tiny", input="Hi", store=False)
+    assert unstored.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+
+def test_a_server_that_stores_nothing(tmp_path):
+    llm, _ = _serve(write_tiny_model(tmp_path, sharpen=3.0))
+    with ServerThread(create_app(llm, ServeSettings(["tiny"], responses_store=0))) as server:
+        client = openai.OpenAI(api_key="x", base_url=server.url + "/v1", max_retries=0, timeout=60)
+        r = client.responses.create(model="tiny", input="Hi", max_output_tokens=2)
+        assert r.store is False
+        with pytest.raises(openai.NotFoundError, match="stores no responses"):
+            client.responses.create(model="tiny", input="Hi", previous_response_id=r.id)
+
+
+def test_the_store_is_bounded():
+    store = ResponseStore(max_items=2, max_mb=1)
+    for i in range(3):
+        store.put({"id": f"r{i}", "output": []}, [{"role": "user", "content": "x"}])
+    assert len(store) == 2 and store.conversation("r2") and store.get("r1")["id"] == "r1"
+    with pytest.raises(APIError) as e:
+        store.get("r0")  # the oldest went first
+    assert e.value.status == 404
+    store.put({"id": "big", "output": []}, [{"role": "user", "content": "y" * (2 << 20)}])  # more than all of it
+    with pytest.raises(APIError):
+        store.get("big")
+    store.put({"id": "half", "output": []}, [{"role": "user", "content": "z" * (600 << 10)}])
+    store.put({"id": "half2", "output": []}, [{"role": "user", "content": "z" * (600 << 10)}])
+    assert len(store) == 1 and store.get("half2") and store.bytes < 1 << 20  # the byte bound evicts too
+    store.delete("half2")
+    assert len(store) == 0 and store.bytes == 0
 
 
 def test_an_unknown_model_is_a_404(instruct):

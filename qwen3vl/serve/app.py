@@ -2,7 +2,8 @@
 unchanged.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses` (OpenAI's Responses API,
-run as the chat request it translates to; all three streamed as server-sent events or not),
+run as the chat request it translates to; all three streamed as server-sent events or not), `GET`/`DELETE
+/v1/responses/{id}` (the responses kept for `previous_response_id`),
 `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), vLLM's `POST /tokenize` / `POST /detokenize`,
 and, with `allow_runtime_lora`, vLLM's `POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter`. All
 generation goes through one `EngineLoop`.
@@ -61,6 +62,8 @@ class ServeSettings:
     preprocess_workers: int = 2
     sampling_defaults: dict[str, Any] = field(default_factory=dict)  # for fields a request leaves out
     allow_runtime_lora: bool = False  # the load/unload LoRA adapter routes (they read any path the server can)
+    responses_store: int = 1000  # finished Responses API responses kept for previous_response_id (0: none)
+    responses_store_mb: float = 256.0  # and the most memory their conversations may take
 
 
 def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
@@ -84,6 +87,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
     if set(names) & set(llm.loras):
         raise ValueError(f"LoRA adapter names {sorted(set(names) & set(llm.loras))} are also served model names")
     max_body = int(settings.max_request_mb * 2**20)
+    stored = RA.ResponseStore(settings.responses_store, settings.responses_store_mb)
 
     # side work (tokenize / detokenize, reading or downloading adapter files) runs on threads of its own: never on
     # the event loop, never holding up the chats' preprocessing pool; at most `max_queue` such jobs at once
@@ -117,6 +121,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="qwen3vl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine_loop = engine_loop
     app.state.metrics = metrics
+    app.state.responses = stored
     app.add_middleware(Guard, api_key=settings.api_key, metrics=metrics)
 
     @app.exception_handler(APIError)
@@ -203,18 +208,35 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         """OpenAI's Responses API, run as the chat request it translates to (responses_api.py)."""
         arrival = time.monotonic()
         body = await read_json(request, max_body)
-        chat = RA.chat_body(body)
+        previous = body.get("previous_response_id") if isinstance(body, dict) else None
+        chat = RA.chat_body(body, stored.conversation(previous) if previous is not None else None)
         if chat.get("n", 1) != 1:
             raise bad_request("n is not supported by the Responses API (one answer per response)", "n")
+        # the conversation a stored response keeps: without this request's instructions (they are not carried over)
+        conversation = chat["messages"][1 if body.get("instructions") is not None else 0:]
+
+        def keep(response: dict[str, Any]) -> None:
+            stored.put(response, conversation + RA.output_messages(response["output"]))
+
         try:  # (errors name the fields as the Responses request spells them)
             req, adapter, build = chat_request(chat)
-            echo = RA.Echo(body, adapter or names[0])
+            echo = RA.Echo(body, adapter or names[0], keep if stored.enabled and body.get("store") is not False
+                           else None)
             env = R.Envelope(echo.id, echo.created_at, echo.model)
             events = (lambda h: RA.response_events(echo, h)) if req.stream else None
             return await run(request, env, build, arrival, events,
                              lambda env, choices, usage: RA.response_object(echo, choices, usage))
         except APIError as e:
             raise RA.renamed(e) from None
+
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(response_id: str):
+        return stored.get(response_id)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str):
+        stored.delete(response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -46,6 +46,11 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--max-request-mb", type=float, default=64.0, help="size limit of a request body (413 above)")
     g.add_argument("--preprocess-workers", type=int, default=2,
                    help="threads that render, tokenise and decode media before generation")
+    g.add_argument("--responses-store", type=int, default=1000,
+                   help="finished Responses API responses kept in memory for previous_response_id and GET "
+                        "/v1/responses/{id}; the oldest go first (0: keep none)")
+    g.add_argument("--responses-store-mb", type=float, default=256.0,
+                   help="the most memory the kept responses' conversations may take")
     g.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     add_model_flags(p)
     add_sampling_flags(p)
@@ -70,7 +75,8 @@ def settings_from_args(args: argparse.Namespace):
         allowed_local_media_path=args.allowed_local_media_path, remote_media_timeout=args.remote_media_timeout,
         max_remote_media_mb=args.max_remote_media_mb, max_request_mb=args.max_request_mb,
         preprocess_workers=args.preprocess_workers, sampling_defaults=defaults,
-        allow_runtime_lora=args.allow_runtime_lora)
+        allow_runtime_lora=args.allow_runtime_lora, responses_store=args.responses_store,
+        responses_store_mb=args.responses_store_mb)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ The request, field by field (Responses -> chat completions):
 * `temperature`, `top_p`, `parallel_tool_calls`, `stream`, and every `extra_body` field the chat endpoint reads
   (`top_k`, `seed`, `stop`, media budgets, ...) pass as they are.
 
-Nothing is stored (`store` is accepted and has no effect), so `previous_response_id`, `conversation`,
+Finished responses are kept in memory (`ResponseStore`, bounded; `store: false` keeps one out), so
+`previous_response_id` continues a conversation and `GET`/`DELETE /v1/responses/{id}` work. `conversation`,
 `background` and `prompt` (stored prompts) are refused by name, as are tools other than functions and input files.
 `reasoning` (effort, summary) is accepted and has no effect: a Thinking model always reasons, an Instruct one never.
 """
@@ -27,10 +28,12 @@ Nothing is stored (`store` is accepted and has no effect), so `previous_response
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from qwen3vl.serve.errors import APIError, bad_request
@@ -38,12 +41,14 @@ from qwen3vl.serve.jobs import Deltas, Finished, Usage
 from qwen3vl.serve.outputs import ChoiceDelta, ChoiceResult
 
 # request fields that need state this server does not keep
-_STATEFUL = ("previous_response_id", "conversation", "prompt")
+_STATEFUL = ("conversation", "prompt")
 # fields this module translates (everything else passes to the chat request as it is, e.g. extra_body's)
 _OWN = {"input", "instructions", "max_output_tokens", "tools", "tool_choice", "text", "top_logprobs", "include",
         "reasoning", "store", "metadata", "truncation", "background", "max_tool_calls", "service_tier",
-        "prompt_cache_key", "safety_identifier", "user", "stream_options", *_STATEFUL}
+        "prompt_cache_key", "safety_identifier", "user", "stream_options", "previous_response_id", *_STATEFUL}
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+log = logging.getLogger(__name__)
 
 
 def _new_id(prefix: str) -> str:
@@ -51,14 +56,17 @@ def _new_id(prefix: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- request
-def chat_body(body: Any) -> dict[str, Any]:
-    """The chat completions body that runs a Responses request; a 400 naming the field for what cannot run."""
+def chat_body(body: Any, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The chat completions body that runs a Responses request; a 400 naming the field for what cannot run.
+    `history`: the chat messages of the response it continues (`previous_response_id`), put before its input (after
+    its instructions: those of the earlier response are not carried over)."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     for key in _STATEFUL:
         if body.get(key) is not None:
-            raise bad_request(f"{key} is not supported: this server does not store responses or conversations; "
-                              f"send the whole conversation as input", key)
+            raise bad_request(f"{key} is not supported: this server keeps no conversations or stored prompts; "
+                              f"send the conversation as input, or continue a response with previous_response_id",
+                              key)
     if body.get("background"):
         raise bad_request("background responses are not supported by this server", "background")
     if body.get("truncation") not in (None, "disabled"):
@@ -74,7 +82,7 @@ def chat_body(body: Any) -> dict[str, Any]:
         if not isinstance(instructions, str):
             raise bad_request("instructions must be a string", "instructions")
         messages.append({"role": "system", "content": instructions})
-    messages += _messages(body.get("input"))
+    messages += (history or []) + _messages(body.get("input"))
     out["messages"] = messages
     if body.get("max_output_tokens") is not None:
         out["max_completion_tokens"] = body["max_output_tokens"]
@@ -229,6 +237,64 @@ def _format(text: Any) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
+def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's output items as the chat messages that continue its conversation."""
+    items = list(output)
+    while items and items[-1]["type"] == "reasoning":  # (cut off while reasoning: nothing followed it)
+        items.pop()
+    return _messages(items) if items else []
+
+
+class ResponseStore:
+    """Finished responses kept in memory, for `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`: each
+    with the chat messages of its whole conversation. At most `max_items` of them and `max_mb` of their JSON; the
+    oldest go first. Used from the event loop only."""
+
+    def __init__(self, max_items: int = 1000, max_mb: float = 256.0):
+        self.max_items, self.max_bytes = max_items, int(max_mb * 2**20)
+        self._items: OrderedDict[str, tuple[dict[str, Any], list[dict[str, Any]], int]] = OrderedDict()
+        self.bytes = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_items > 0 and self.max_bytes > 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
+        size = len(json.dumps(response, ensure_ascii=False)) + len(json.dumps(conversation, ensure_ascii=False))
+        if size > self.max_bytes:
+            log.warning("response %s not stored: %d MB is more than the store holds", response["id"], size >> 20)
+            return
+        self._items[response["id"]] = (response, conversation, size)
+        self.bytes += size
+        while len(self._items) > self.max_items or self.bytes > self.max_bytes:
+            _, (_, _, old) = self._items.popitem(last=False)
+            self.bytes -= old
+
+    def _entry(self, response_id: Any, param: str | None):
+        if not isinstance(response_id, str):
+            raise bad_request(f"{param} must be a string", param)
+        if response_id not in self._items:
+            hint = "" if self.enabled else " (this server stores no responses: --responses-store 0)"
+            raise APIError(404, f"no stored response {response_id!r}: it was not stored (store: false), was "
+                                f"deleted, or was evicted from this server's store{hint}", param, "not_found")
+        return self._items[response_id]
+
+    def get(self, response_id: Any) -> dict[str, Any]:
+        return self._entry(response_id, None)[0]
+
+    def conversation(self, response_id: Any) -> list[dict[str, Any]]:
+        """The chat messages that continue the stored response (a 404 naming `previous_response_id` if none)."""
+        return self._entry(response_id, "previous_response_id")[1]
+
+    def delete(self, response_id: Any) -> None:
+        _, _, size = self._entry(response_id, None)
+        del self._items[response_id]
+        self.bytes -= size
+
+
 def renamed(error: APIError) -> APIError:
     """A chat request's error, its field named as the Responses request spells it (`messages[2].content` ->
     `input`, `max_completion_tokens` -> `max_output_tokens`, `tools[0].function.name` -> `tools[0].name`, ...)."""
@@ -249,7 +315,8 @@ def renamed(error: APIError) -> APIError:
 class Echo:
     """The request fields a Response object repeats, and its identity."""
 
-    def __init__(self, body: dict[str, Any], model: str):
+    def __init__(self, body: dict[str, Any], model: str, keep: Callable[[dict[str, Any]], None] | None = None):
+        self.keep = keep  # called with the finished response when it is to be stored
         self.id = _new_id("resp")
         self.created_at = int(time.time())
         self.model = model
@@ -260,9 +327,14 @@ class Echo:
             "temperature": body.get("temperature"), "top_p": body.get("top_p"),
             "tool_choice": "auto" if tool_choice is None else tool_choice, "tools": body.get("tools") or [],
             "text": body.get("text") or {"format": {"type": "text"}}, "top_logprobs": body.get("top_logprobs"),
-            "reasoning": body.get("reasoning"), "store": False, "truncation": "disabled", "background": False,
-            "previous_response_id": None, "user": body.get("user"),
+            "reasoning": body.get("reasoning"), "store": keep is not None, "truncation": "disabled",
+            "background": False, "previous_response_id": body.get("previous_response_id"), "user": body.get("user"),
         }
+
+    def finished(self, response: dict[str, Any]) -> dict[str, Any]:
+        if self.keep is not None:
+            self.keep(response)
+        return response
 
     def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
                  incomplete: str | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -315,7 +387,7 @@ def response_object(echo: Echo, choices: list[ChoiceResult], usage: Usage) -> di
         output.append(_message_item(_new_id("msg"), c.text, c.logprobs))
     output += [_call_item(call) for call in c.tool_calls]
     status, incomplete = _finish(c.finish_reason)
-    return {**echo.response(status, output, usage_dict(usage), incomplete), **c.extra}
+    return echo.finished({**echo.response(status, output, usage_dict(usage), incomplete), **c.extra})
 
 
 class ResponseEvents:
@@ -418,7 +490,7 @@ class ResponseEvents:
             out += self._open("message")
         out += self._close()
         status, incomplete = _finish(self.finish_reason)
-        final = self.echo.response(status, self.output, usage_dict(usage), incomplete)
+        final = self.echo.finished(self.echo.response(status, self.output, usage_dict(usage), incomplete))
         return out + [self._event(f"response.{status}", response=final)]
 
     def fail(self, error: APIError) -> list[str]:

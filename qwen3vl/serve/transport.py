@@ -157,7 +157,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        route = path if path in ROUTES else ("/v1/models" if path.startswith("/v1/models/") else "other")
+        route = path if path in ROUTES else next((r for r in ("/v1/models", "/v1/responses")
+                                                      if path.startswith(r + "/")), "other")
         status = 0
 
         async def send_and_count(message) -> None:
