@@ -349,8 +349,7 @@ def test_chat_body_translation():
         "tool_choice": {"type": "function", "function": {"name": "f"}},
         "response_format": {"type": "json_object"},
         "messages": [
-            {"role": "system", "content": "Sys."},
-            {"role": "system", "content": "Dev."},
+            {"role": "system", "content": "Sys.\n\nDev."},  # one: the Instruct template shows only the first
             {"role": "user", "content": [{"type": "text", "text": "a"},
                                          {"type": "video_url", "video_url": {"url": "v.mp4"}}]},
             {"role": "assistant", "content": [{"type": "text", "text": "b"}], "reasoning_content": "r",
@@ -359,6 +358,12 @@ def test_chat_body_translation():
             {"role": "tool", "tool_call_id": "c1", "content": "one"},
             {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "two"}]},
         ]}
+    mixed = chat_body({"instructions": "A.", "input": [
+        {"role": "system", "content": [{"type": "input_text", "text": "B."}]}, {"role": "user", "content": "q"},
+        {"role": "developer", "content": "later"}]})["messages"]
+    assert mixed == [{"role": "system", "content": [{"type": "text", "text": "A."}, {"type": "text", "text": "\n\n"},
+                                                    {"type": "text", "text": "B."}]},
+                     {"role": "user", "content": "q"}, {"role": "system", "content": "later"}]
     with pytest.raises(APIError, match="followed by the assistant"):
         chat_body({"input": [{"role": "user", "content": "a"}, {"type": "reasoning", "content": []}]})
 

@@ -11,7 +11,8 @@ The request, field by field (Responses -> chat completions):
   as they are); `function_call` items -> the assistant's `tool_calls` (joining the assistant message before them);
   `function_call_output` -> a `tool` message; a `reasoning` item -> the next assistant message's
   `reasoning_content`.
-* `instructions` -> a first system message; `max_output_tokens` -> `max_completion_tokens`.
+* `instructions` -> a first system message (joined with the system/developer messages that open the input: the
+  Instruct template shows only a first one); `max_output_tokens` -> `max_completion_tokens`.
 * `tools` (`{"type": "function", "name", ...}`) -> `{"type": "function", "function": {...}}`; `tool_choice`
   `{"type": "function", "name"}` -> `{"type": "function", "function": {"name"}}`.
 * `text.format` (`json_object`, `json_schema`) -> `response_format`; `top_logprobs` or
@@ -83,7 +84,7 @@ def chat_body(body: Any, history: list[dict[str, Any]] | None = None) -> dict[st
             raise bad_request("instructions must be a string", "instructions")
         messages.append({"role": "system", "content": instructions})
     messages += (history or []) + _messages(body.get("input"))
-    out["messages"] = messages
+    out["messages"] = _one_system(messages)
     if body.get("max_output_tokens") is not None:
         out["max_completion_tokens"] = body["max_output_tokens"]
     if body.get("tools") is not None:
@@ -163,6 +164,25 @@ def _messages(items: Any) -> list[dict[str, Any]]:
         raise bad_request("input: a reasoning item must be followed by the assistant's message or function call",
                           "input")
     return messages
+
+
+def _one_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`instructions` and the system/developer messages that open the input, as one system message: the Instruct
+    template shows only a first system message and drops the others."""
+    n = 0
+    while n < len(messages) and messages[n]["role"] == "system":
+        n += 1
+    if n < 2:
+        return messages
+    contents = [m["content"] for m in messages[:n]]
+    if all(isinstance(c, str) for c in contents):
+        joined: str | list = "\n\n".join(contents)
+    else:
+        joined = []
+        for k, c in enumerate(contents):
+            joined += ([{"type": "text", "text": "\n\n"}] if k else []) + (
+                [{"type": "text", "text": c}] if isinstance(c, str) else list(c))
+    return [{"role": "system", "content": joined}, *messages[n:]]
 
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
