@@ -8,9 +8,13 @@ import base64
 import json
 
 import httpx
+import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai._models import construct_type_unchecked
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import ResponseStreamEvent
 
 from qwen3vl.llm import LLM
 from qwen3vl.model.testing import write_tiny_model
@@ -196,6 +200,9 @@ def _check(resp: httpx.Response, responses_api: bool = False) -> None:
         assert events[0]["type"] == "response.created"
         assert events[-1]["type"] in ("response.completed", "response.incomplete"), events[-1]
         assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        state = ResponseStreamState(input_tools=openai.omit, text_format=openai.omit)  # the SDK's order checks
+        for e in events:
+            state.handle_event(construct_type_unchecked(type_=ResponseStreamEvent, value=e))
     elif responses_api:
         assert resp.json()["object"] == "response" and resp.json()["output"]
     elif resp.headers["content-type"].startswith("text/event-stream"):

@@ -122,6 +122,8 @@ def test_logprobs(instruct):
     assert [e.token for e in got] == [e.token for e in want] and got
     assert [e.logprob for e in got] == pytest.approx([e.logprob for e in want], abs=1e-5)
     assert all(len(e.top_logprobs) == 2 for e in got)
+    types, final = _streamed(client, model="tiny", temperature=0, max_output_tokens=5, top_logprobs=2, input="Hi")
+    assert [e.token for e in final.output[0].content[0].logprobs] == [e.token for e in got]
 
 
 def test_json_schema_format_is_enforced(instruct):
@@ -224,7 +226,8 @@ def test_thinking_reasoning_items(thinking):
     ({"text": {"format": {"type": "yaml"}}}, "text", "json_schema"),
     # the chat request's own checks, with the field spelled as in the Responses request
     ({"max_output_tokens": "9"}, "max_output_tokens", "max_output_tokens: Input should be a valid integer"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]}, "input", ""),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]}, "input",
+     "data URI holds no data"),
     ({"tools": [{"type": "function", "name": 5}]}, "tools[0].name", "tools[0].name: Input should be"),
     ({"text": {"format": {"type": "json_schema", "name": "s", "strict": True,
                           "schema": {"type": "object", "multipleOf": 2}}}}, "text.format", "multipleOf"),
@@ -251,6 +254,17 @@ def test_previous_response_id_continues_a_stored_conversation(instruct):
         {"role": "user", "content": "My name is Ann."}, {"role": "assistant", "content": "Hello Ann."},
         {"role": "user", "content": "What is my name?"}])
     assert second.usage.input_tokens == chat.usage.prompt_tokens
+    # developer messages of a stored conversation are kept: a new turn shows them with its own instructions
+    script.say("Noted.")
+    dev = client.responses.create(model="tiny", instructions="Be kind.", input=[
+        {"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "Hi"}])
+    script.say("Oui.")
+    again = client.responses.create(model="tiny", instructions="Be brief.", previous_response_id=dev.id,
+                                    input="Again?")
+    chat = client.chat.completions.create(model="tiny", messages=[
+        {"role": "system", "content": "Be brief.\n\nAnswer in French."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Noted."}, {"role": "user", "content": "Again?"}])
+    assert again.usage.input_tokens == chat.usage.prompt_tokens
     # a chain: the third turn sees both earlier ones; a streamed response is stored too
     script.say("Yes.")
     types, third = _streamed(client, model="tiny", previous_response_id=second.id, input="Sure?")
@@ -300,6 +314,12 @@ def test_a_server_that_stores_nothing(tmp_path):
         assert r.store is False
         with pytest.raises(openai.NotFoundError, match="stores no responses"):
             client.responses.create(model="tiny", input="Hi", previous_response_id=r.id)
+    with ServerThread(create_app(llm, ServeSettings(["tiny"], responses_store_mb=1e-4))) as server:  # 104 bytes
+        client = openai.OpenAI(api_key="x", base_url=server.url + "/v1", max_retries=0, timeout=60)
+        r = client.responses.create(model="tiny", input="Hi", max_output_tokens=2)
+        assert r.store is False  # too large for the store: the response says it was not stored
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(r.id)
 
 
 def test_the_store_is_bounded():
@@ -310,7 +330,7 @@ def test_the_store_is_bounded():
     with pytest.raises(APIError) as e:
         store.get("r0")  # the oldest went first
     assert e.value.status == 404
-    store.put({"id": "big", "output": []}, [{"role": "user", "content": "y" * (2 << 20)}])  # more than all of it
+    assert not store.put({"id": "big", "output": []}, [{"role": "user", "content": "y" * (2 << 20)}])  # too large
     with pytest.raises(APIError):
         store.get("big")
     store.put({"id": "half", "output": []}, [{"role": "user", "content": "z" * (600 << 10)}])
@@ -358,28 +378,56 @@ def test_chat_body_translation():
             {"role": "tool", "tool_call_id": "c1", "content": "one"},
             {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "two"}]},
         ]}
-    mixed = chat_body({"instructions": "A.", "input": [
+    mixed = {"instructions": "A.", "input": [
         {"role": "system", "content": [{"type": "input_text", "text": "B."}]}, {"role": "user", "content": "q"},
-        {"role": "developer", "content": "later"}]})["messages"]
-    assert mixed == [{"role": "system", "content": [{"type": "text", "text": "A."}, {"type": "text", "text": "\n\n"},
-                                                    {"type": "text", "text": "B."}]},
-                     {"role": "user", "content": "q"}, {"role": "system", "content": "later"}]
+        {"role": "developer", "content": "later"}]}
+    # the Instruct template shows only a first system message: every one is joined into it
+    assert chat_body(mixed)["messages"] == [
+        {"role": "system", "content": [{"type": "text", "text": "A."}, {"type": "text", "text": "\n\n"},
+                                       {"type": "text", "text": "B."}, {"type": "text", "text": "\n\n"},
+                                       {"type": "text", "text": "later"}]},
+        {"role": "user", "content": "q"}]
+    # the Thinking template shows later ones where they are: only the opening ones are joined
+    assert chat_body(mixed, every_system=False)["messages"] == [
+        {"role": "system", "content": [{"type": "text", "text": "A."}, {"type": "text", "text": "\n\n"},
+                                       {"type": "text", "text": "B."}]},
+        {"role": "user", "content": "q"}, {"role": "system", "content": "later"}]
+    # a reasoning item no answer followed (a turn cut off while reasoning) is an assistant turn of its own
+    cut = chat_body({"input": [{"role": "user", "content": "a"}, {"type": "reasoning", "content": [
+        {"type": "reasoning_text", "text": "hm"}]}, {"role": "user", "content": "b"}]})["messages"]
+    assert cut == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "", "reasoning_content": "hm"},
+                   {"role": "user", "content": "b"}]
     with pytest.raises(APIError, match="followed by the assistant"):
         chat_body({"input": [{"role": "user", "content": "a"}, {"type": "reasoning", "content": []}]})
+
+
+def _sdk_final(chunks: list[str]):
+    """The events through the openai SDK's own stream accumulator (it raises on events out of order): the parsed
+    events and the final response it builds."""
+    from openai._models import construct_type_unchecked
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+    from openai.types.responses import ResponseStreamEvent
+
+    state = ResponseStreamState(input_tools=openai.omit, text_format=openai.omit)
+    parsed = [json.loads(c.split("data: ", 1)[1]) for c in chunks]
+    assert all(c.startswith(f"event: {p['type']}\n") for c, p in zip(chunks, parsed))
+    assert [p["sequence_number"] for p in parsed] == list(range(len(parsed)))
+    for p in parsed:
+        state.handle_event(construct_type_unchecked(type_=ResponseStreamEvent, value=p))
+    return parsed, state._completed_response
 
 
 def test_event_stream_items_open_and_close_in_order():
     events = ResponseEvents(Echo({"model": "m"}, "m"))
     out = events.start()
-    out += events.delta(ChoiceDelta(0, reasoning="think"))
-    out += events.delta(ChoiceDelta(0, text="Hello"))
+    out += events.delta(ChoiceDelta(0, reasoning="think", logprobs=[{"token": "think"}]))
+    out += events.delta(ChoiceDelta(0, logprobs=[{"token": "</think>"}]))  # logprobs only: no item opens for them
+    out += events.delta(ChoiceDelta(0, text="Hello", logprobs=[{"token": "Hello"}]))
     out += events.delta(ChoiceDelta(0, text=" there", tool_calls=[
         {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]))
     out += events.delta(ChoiceDelta(0, text="after", finish_reason="tool_calls"))
     out += events.finish(Usage(5, 7, 0, 2))
-    parsed = [json.loads(e.split("data: ", 1)[1]) for e in out]
-    assert all(e.startswith(f"event: {p['type']}\n") for e, p in zip(out, parsed))
-    assert [p["sequence_number"] for p in parsed] == list(range(len(parsed)))
+    parsed, sdk = _sdk_final(out)
     added = [(p["output_index"], p["item"]["type"]) for p in parsed if p["type"] == "response.output_item.added"]
     done = [(p["output_index"], p["item"]["type"]) for p in parsed if p["type"] == "response.output_item.done"]
     assert added == done == [(0, "reasoning"), (1, "message"), (2, "function_call"), (3, "message")]
@@ -387,8 +435,25 @@ def test_event_stream_items_open_and_close_in_order():
     assert parsed[-1]["type"] == "response.completed" and final["status"] == "completed"
     assert [o["type"] for o in final["output"]] == ["reasoning", "message", "function_call", "message"]
     assert final["output"][1]["content"][0]["text"] == "Hello there"
+    assert [lp["token"] for lp in final["output"][1]["content"][0]["logprobs"]] == ["think", "</think>", "Hello"]
     assert final["output"][3]["content"][0]["text"] == "after"
     assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 2} and final["usage"]["total_tokens"] == 12
+    assert sdk.output_text == "Hello thereafter"
+    assert [o.type for o in sdk.output] == [o["type"] for o in final["output"]]
+
+    # cut off while reasoning: the reasoning item, then an empty message, as in the plain response
+    cut = ResponseEvents(Echo({"model": "m"}, "m"))
+    out = cut.start() + cut.delta(ChoiceDelta(0, reasoning="hmm", finish_reason="length")) + cut.finish(Usage(1, 1))
+    parsed, _ = _sdk_final(out)
+    final = parsed[-1]["response"]
+    assert parsed[-1]["type"] == "response.incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [o["type"] for o in final["output"]] == ["reasoning", "message"]
+    # nothing at all: one empty message
+    empty = ResponseEvents(Echo({"model": "m"}, "m"))
+    parsed, sdk = _sdk_final(empty.start() + empty.delta(ChoiceDelta(0, finish_reason="stop"))
+                             + empty.finish(Usage(1, 1)))
+    assert [o["type"] for o in parsed[-1]["response"]["output"]] == ["message"] and sdk.output_text == ""
 
     failing = ResponseEvents(Echo({"model": "m"}, "m"))
     failing.start()

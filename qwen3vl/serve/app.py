@@ -209,14 +209,13 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         arrival = time.monotonic()
         body = await read_json(request, max_body)
         previous = body.get("previous_response_id") if isinstance(body, dict) else None
-        chat = RA.chat_body(body, stored.conversation(previous) if previous is not None else None)
+        chat, conversation = RA.translate(body, stored.conversation(previous) if previous is not None else None,
+                                          every_system=not llm.thinking)
         if chat.get("n", 1) != 1:
             raise bad_request("n is not supported by the Responses API (one answer per response)", "n")
-        # the conversation a stored response keeps: without this request's instructions (they are not carried over)
-        conversation = chat["messages"][1 if body.get("instructions") is not None else 0:]
 
-        def keep(response: dict[str, Any]) -> None:
-            stored.put(response, conversation + RA.output_messages(response["output"]))
+        def keep(response: dict[str, Any]) -> bool:
+            return stored.put(response, conversation + RA.output_messages(response["output"]), previous)
 
         try:  # (errors name the fields as the Responses request spells them)
             req, adapter, build = chat_request(chat)

@@ -57,10 +57,22 @@ def _new_id(prefix: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- request
-def chat_body(body: Any, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The chat completions body that runs a Responses request; a 400 naming the field for what cannot run.
+def chat_body(body: Any, history: list[dict[str, Any]] | None = None, *, every_system: bool = True) -> dict[str, Any]:
+    """The chat completions body that runs a Responses request (`translate`'s first half)."""
+    return translate(body, history, every_system=every_system)[0]
+
+
+def translate(body: Any, history: list[dict[str, Any]] | None = None, *,
+              every_system: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the chat completions body that runs a Responses request, the conversation a stored response keeps); a 400
+    naming the field for what cannot run.
+
     `history`: the chat messages of the response it continues (`previous_response_id`), put before its input (after
-    its instructions: those of the earlier response are not carried over)."""
+    its instructions: those of the earlier response are not carried over). The system messages (instructions,
+    developer and system items) are joined into the first one: all of them with `every_system` (the Instruct
+    template drops every system message but the first), else those that open the conversation (the Thinking template
+    shows later ones where they are). The conversation kept is the messages before that join, without the
+    instructions."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     for key in _STATEFUL:
@@ -83,8 +95,8 @@ def chat_body(body: Any, history: list[dict[str, Any]] | None = None) -> dict[st
         if not isinstance(instructions, str):
             raise bad_request("instructions must be a string", "instructions")
         messages.append({"role": "system", "content": instructions})
-    messages += (history or []) + _messages(body.get("input"))
-    out["messages"] = _one_system(messages)
+    conversation = (history or []) + _messages(body.get("input"))
+    out["messages"] = _one_system(messages + conversation, every_system)
     if body.get("max_output_tokens") is not None:
         out["max_completion_tokens"] = body["max_output_tokens"]
     if body.get("tools") is not None:
@@ -101,7 +113,7 @@ def chat_body(body: Any, history: list[dict[str, Any]] | None = None) -> dict[st
         out["logprobs"] = True
         if body.get("top_logprobs") is not None:
             out["top_logprobs"] = body["top_logprobs"]
-    return out
+    return out, conversation
 
 
 def _messages(items: Any) -> list[dict[str, Any]]:
@@ -122,6 +134,13 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             reasoning = None
         return messages[-1]
 
+    def unanswered() -> None:
+        """A reasoning item that no answer followed (a turn cut off while reasoning): an assistant turn of its own."""
+        nonlocal reasoning
+        if reasoning is not None:
+            messages.append({"role": "assistant", "content": "", "reasoning_content": reasoning})
+            reasoning = None
+
     for i, item in enumerate(items):
         where = f"input[{i}]"
         if not isinstance(item, dict):
@@ -140,6 +159,7 @@ def _messages(items: Any) -> list[dict[str, Any]]:
                 else:
                     last["content"] = content
             else:
+                unanswered()
                 messages.append({"role": "system" if role == "developer" else role, "content": content})
         elif kind == "function_call":
             name, arguments, call_id = item.get("name"), item.get("arguments"), item.get("call_id")
@@ -151,6 +171,7 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             call_id, output = item.get("call_id"), item.get("output")
             if not isinstance(call_id, str):
                 raise bad_request(f"{where}: a function_call_output item needs a string call_id", "input")
+            unanswered()
             messages.append({"role": "tool", "tool_call_id": call_id, "content": _content(output, where)})
         elif kind == "reasoning":
             parts = item.get("content") or item.get("summary") or []
@@ -161,20 +182,20 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             raise bad_request(f"{where}: input items of type {kind!r} are not supported (message, function_call, "
                               f"function_call_output, reasoning)", "input")
     if reasoning is not None:
-        raise bad_request("input: a reasoning item must be followed by the assistant's message or function call",
-                          "input")
+        raise bad_request("input: the last item is a reasoning item; it must be followed by the assistant's message "
+                          "or function call", "input")
     return messages
 
 
-def _one_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`instructions` and the system/developer messages that open the input, as one system message: the Instruct
-    template shows only a first system message and drops the others."""
-    n = 0
-    while n < len(messages) and messages[n]["role"] == "system":
-        n += 1
-    if n < 2:
+def _one_system(messages: list[dict[str, Any]], every_system: bool) -> list[dict[str, Any]]:
+    """The system messages joined into one first message: all of them, or only those that open `messages`."""
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    picked = [i for i, m in enumerate(messages) if m["role"] == "system" and (every_system or i < head)]
+    if len(picked) < 2 and (not picked or picked[0] == 0):
         return messages
-    contents = [m["content"] for m in messages[:n]]
+    contents = [messages[i]["content"] for i in picked]
     if all(isinstance(c, str) for c in contents):
         joined: str | list = "\n\n".join(contents)
     else:
@@ -182,7 +203,8 @@ def _one_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for k, c in enumerate(contents):
             joined += ([{"type": "text", "text": "\n\n"}] if k else []) + (
                 [{"type": "text", "text": c}] if isinstance(c, str) else list(c))
-    return [{"role": "system", "content": joined}, *messages[n:]]
+    rest = [m for i, m in enumerate(messages) if i not in set(picked)]
+    return [{"role": "system", "content": joined}, *rest]
 
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
@@ -272,7 +294,8 @@ class ResponseStore:
 
     def __init__(self, max_items: int = 1000, max_mb: float = 256.0):
         self.max_items, self.max_bytes = max_items, int(max_mb * 2**20)
-        self._items: OrderedDict[str, tuple[dict[str, Any], list[dict[str, Any]], int]] = OrderedDict()
+        # id -> (response, conversation, bytes counted, of which the conversation's)
+        self._items: OrderedDict[str, tuple[dict[str, Any], list[dict[str, Any]], int, int]] = OrderedDict()
         self.bytes = 0
 
     @property
@@ -282,16 +305,23 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
-        size = len(json.dumps(response, ensure_ascii=False)) + len(json.dumps(conversation, ensure_ascii=False))
+    def put(self, response: dict[str, Any], conversation: list[dict[str, Any]], previous: str | None = None) -> bool:
+        """Keep `response` with its conversation; False if it alone is more than the store holds. `previous`: the
+        stored response the conversation continues (its messages are shared, and their size is counted once more
+        without serialising them again)."""
+        known = self._items.get(previous) if previous is not None else None
+        base, skip = (known[3], len(known[1])) if known is not None else (0, 0)
+        conversation_bytes = base + _nbytes(conversation[skip:])
+        size = conversation_bytes + _nbytes(response)
         if size > self.max_bytes:
-            log.warning("response %s not stored: %d MB is more than the store holds", response["id"], size >> 20)
-            return
-        self._items[response["id"]] = (response, conversation, size)
+            log.warning("response %s not stored: its %d MB are more than the store holds", response["id"], size >> 20)
+            return False
+        self._items[response["id"]] = (response, conversation, size, conversation_bytes)
         self.bytes += size
         while len(self._items) > self.max_items or self.bytes > self.max_bytes:
-            _, (_, _, old) = self._items.popitem(last=False)
-            self.bytes -= old
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old[2]
+        return True
 
     def _entry(self, response_id: Any, param: str | None):
         if not isinstance(response_id, str):
@@ -310,9 +340,13 @@ class ResponseStore:
         return self._entry(response_id, "previous_response_id")[1]
 
     def delete(self, response_id: Any) -> None:
-        _, _, size = self._entry(response_id, None)
+        size = self._entry(response_id, None)[2]
         del self._items[response_id]
         self.bytes -= size
+
+
+def _nbytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode())
 
 
 def renamed(error: APIError) -> APIError:
@@ -335,8 +369,8 @@ def renamed(error: APIError) -> APIError:
 class Echo:
     """The request fields a Response object repeats, and its identity."""
 
-    def __init__(self, body: dict[str, Any], model: str, keep: Callable[[dict[str, Any]], None] | None = None):
-        self.keep = keep  # called with the finished response when it is to be stored
+    def __init__(self, body: dict[str, Any], model: str, keep: Callable[[dict[str, Any]], bool] | None = None):
+        self.keep = keep  # stores the finished response (False if it could not)
         self.id = _new_id("resp")
         self.created_at = int(time.time())
         self.model = model
@@ -352,8 +386,9 @@ class Echo:
         }
 
     def finished(self, response: dict[str, Any]) -> dict[str, Any]:
+        """The finished response, stored when it is to be (`store` says whether it was)."""
         if self.keep is not None:
-            self.keep(response)
+            response["store"] = self.keep(response)
         return response
 
     def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
@@ -423,6 +458,7 @@ class ResponseEvents:
         self.output: list[dict[str, Any]] = []  # items done so far (the open one is in self.open)
         self.open: dict[str, Any] | None = None  # {"item": ..., "text": ..., "logprobs": [...]}
         self.finish_reason: str | None = None
+        self.logprobs: list = []  # logprobs of tokens not yet sent with a text delta (reasoning, held-back text)
 
     def _event(self, kind: str, **fields: Any) -> str:
         obj = {"type": kind, "sequence_number": self.seq, **fields}
@@ -468,15 +504,16 @@ class ResponseEvents:
         self.output.append(done)
         return events
 
-    def _text(self, kind: str, delta: str, logprobs: list | None) -> list[str]:
+    def _text(self, kind: str, delta: str) -> list[str]:
         out = self._open(kind)
         self.open["text"] += delta
         item_id = self.open["item"]["id"]
         where = {"item_id": item_id, "output_index": self._index(), "content_index": 0}
         if kind == "reasoning":
             return out + [self._event("response.reasoning_text.delta", **where, delta=delta)]
-        self.open["logprobs"] += logprobs or []
-        return out + [self._event("response.output_text.delta", **where, delta=delta, logprobs=logprobs or [])]
+        logprobs, self.logprobs = self.logprobs, []
+        self.open["logprobs"] += logprobs
+        return out + [self._event("response.output_text.delta", **where, delta=delta, logprobs=logprobs)]
 
     def _call(self, call: dict[str, Any]) -> list[str]:
         out = self._close()
@@ -493,11 +530,14 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=item)]
 
     def delta(self, d: ChoiceDelta) -> list[str]:
+        """Events for one delta. Its logprobs go with the next text delta (a delta may carry only logprobs, of
+        reasoning or of text held back), so an item opens only for text."""
         out = []
+        self.logprobs += d.logprobs or []
         if d.reasoning:
-            out += self._text("reasoning", d.reasoning, None)
-        if d.text or (d.logprobs and not d.reasoning):
-            out += self._text("message", d.text, d.logprobs)
+            out += self._text("reasoning", d.reasoning)
+        if d.text:
+            out += self._text("message", d.text)
         for call in d.tool_calls or []:
             out += self._call({k: v for k, v in call.items() if k != "index"})
         if d.finish_reason is not None:
@@ -506,8 +546,11 @@ class ResponseEvents:
 
     def finish(self, usage: Usage) -> list[str]:
         out = []
-        if not self.output and self.open is None:  # nothing was said: one empty message, as the plain answer has
-            out += self._open("message")
+        if self.open is not None and self.open["item"]["type"] == "message":
+            self.open["logprobs"] += self.logprobs  # (any after the last text: a stream sends no delta without text)
+        kinds = {item["type"] for item in self.output} | ({self.open["item"]["type"]} if self.open else set())
+        if not kinds & {"message", "function_call"}:  # no answer (none, or cut off while reasoning): an empty
+            out += self._open("message")  # message, as the plain response has
         out += self._close()
         status, incomplete = _finish(self.finish_reason)
         final = self.echo.finished(self.echo.response(status, self.output, usage_dict(usage), incomplete))
