@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every measure docs/TRAINING.md reports for a demo model, in one command, so a new stretch is scored the same way:
 #
-#   bash scripts/demo_scorecard.sh MODEL_DIR OUT_DIR      # ~15 min on 2 CPU cores; PYTHON=.venv/bin/python to pick one
+#   bash scripts/demo_scorecard.sh MODEL_DIR OUT_DIR   # ~15 min on 2 CPU cores; PYTHON=.venv/bin/python, THREADS=1
 #
 # OUT_DIR gets one file per measure and summary.txt, which gathers them:
 #   test1234.txt   `eval synthetic --seed 1234 --n 200`: the test seed (the issue's table; never tuned on)
@@ -24,9 +24,9 @@ scores --seed 1234 --n 200 > "$out/test1234.txt"
 scores --seed 2 --n 200 > "$out/val2.txt"
 scores --seed 4242 --n 100 > "$out/seeing4242.txt"
 scores --seed 4242 --n 100 --blind > "$out/blind4242.txt"
-"$py" "$here/scripts/video_diagnosis.py" --model "$model" --seed 2 --probe-clips 0 --probe-images 0 --threads 1 \
+"$py" "$here/scripts/video_diagnosis.py" --model "$model" --seed 2 --probe-clips 0 --probe-images 0 --threads "${THREADS:-2}" \
     > "$out/video.txt" 2>&1
-"$py" "$here/scripts/grounding_diagnosis.py" --model "$model" --threads 1 > "$out/grounding.txt" 2>&1
+"$py" "$here/scripts/grounding_diagnosis.py" --model "$model" --threads "${THREADS:-2}" > "$out/grounding.txt" 2>&1
 for q in "What color is the circle?" "What shape is the blue object?" "How many squares are there?" \
          "Locate the green triangle, output its bbox coordinates using JSON format." "Read the text."; do
     echo "Q: $q"
