@@ -24,13 +24,14 @@ scores --seed 1234 --n 200 > "$out/test1234.txt"
 scores --seed 2 --n 200 > "$out/val2.txt"
 scores --seed 4242 --n 100 > "$out/seeing4242.txt"
 scores --seed 4242 --n 100 --blind > "$out/blind4242.txt"
-"$py" "$here/scripts/video_diagnosis.py" --model "$model" --seed 2 --probe-clips 0 --probe-images 0 --threads "${THREADS:-2}" \
-    > "$out/video.txt" 2>&1
+"$py" "$here/scripts/video_diagnosis.py" --model "$model" --seed 2 --probe-clips 0 --probe-images 0 \
+    --threads "${THREADS:-2}" > "$out/video.txt" 2>&1
 "$py" "$here/scripts/grounding_diagnosis.py" --model "$model" --threads "${THREADS:-2}" > "$out/grounding.txt" 2>&1
 for q in "What color is the circle?" "What shape is the blue object?" "How many squares are there?" \
          "Locate the green triangle, output its bbox coordinates using JSON format." "Read the text."; do
     echo "Q: $q"
-    "$py" -m qwen3vl.cli run --model "$model" --image "$here/qwen3vl/assets/example.png" --max-tokens 64 "$q" 2>/dev/null
+    "$py" -m qwen3vl.cli run --model "$model" --image "$here/qwen3vl/assets/example.png" --max-tokens 64 "$q" \
+        2>/dev/null
 done > "$out/example.txt"
 
 "$py" - "$out" > "$out/summary.txt" <<'EOF'
