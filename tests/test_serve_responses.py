@@ -137,6 +137,16 @@ def test_json_schema_format_is_enforced(instruct):
 
 
 # ------------------------------------------------------------------------------------------------- tools
+def _chat_after_call(client, content: str, call, output: str):
+    """The chat endpoint's answer to "Weather in Paris?", the assistant's `content` and `call`, and its `output`."""
+    return client.chat.completions.create(model="tiny", tools=[CHAT_TOOL], messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": content, "tool_calls": [
+            {"id": call.call_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": output}])
+
+
 def test_function_calls_and_their_outputs(instruct):
     _, script, client = instruct
     script.say("Let me check.\n" + CALL)
@@ -157,12 +167,7 @@ def test_function_calls_and_their_outputs(instruct):
     r2 = client.responses.create(model="tiny", tools=[TOOL], input=[
         {"role": "user", "content": "Weather in Paris?"}, *[o.model_dump(exclude_none=True) for o in r.output],
         {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 24 C"}])
-    chat = client.chat.completions.create(model="tiny", tools=[CHAT_TOOL], messages=[
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "Let me check.", "tool_calls": [
-            {"id": call.call_id, "type": "function",
-             "function": {"name": "get_weather", "arguments": call.arguments}}]},
-        {"role": "tool", "tool_call_id": call.call_id, "content": "sunny, 24 C"}])
+    chat = _chat_after_call(client, "Let me check.", call, "sunny, 24 C")
     assert r2.output_text == chat.choices[0].message.content == "It is sunny."
     assert r2.usage.input_tokens == chat.usage.prompt_tokens
 
@@ -284,12 +289,7 @@ def test_previous_response_id_continues_a_stored_conversation(instruct):
     script.say("Sunny.")
     after = client.responses.create(model="tiny", tools=[TOOL], previous_response_id=called.id, input=[
         {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
-    chat = client.chat.completions.create(model="tiny", tools=[CHAT_TOOL], messages=[
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": call.call_id, "type": "function",
-             "function": {"name": "get_weather", "arguments": call.arguments}}]},
-        {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}])
+    chat = _chat_after_call(client, "", call, "sunny")
     assert after.output_text == "Sunny." and after.usage.input_tokens == chat.usage.prompt_tokens
 
     # GET and DELETE; a response not stored (store: false) or deleted cannot be continued
