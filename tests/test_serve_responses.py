@@ -292,6 +292,26 @@ def test_previous_response_id_continues_a_stored_conversation(instruct):
     chat = _chat_after_call(client, "", call, "sunny")
     assert after.output_text == "Sunny." and after.usage.input_tokens == chat.usage.prompt_tokens
 
+    # the input items of a stored response: its own input, listed newest first by default, a page at a time
+    items = [{"role": "user", "content": "One."}, {"type": "function_call", "call_id": "c9", "name": "get_weather",
+                                                  "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "c9", "output": "two"}]
+    script.say("Three.")
+    listed = client.responses.create(model="tiny", tools=[TOOL], input=items)
+    newest_first = list(client.responses.input_items.list(listed.id))
+    assert [i.type for i in newest_first] == ["function_call_output", "function_call", "message"]
+    assert newest_first[2].content[0].type == "input_text" and newest_first[2].content[0].text == "One."
+    assert newest_first[0].output == "two" and len({i.id for i in newest_first}) == 3
+    paged = client.responses.input_items.list(listed.id, order="asc", limit=2)
+    assert [i.type for i in paged.data] == ["message", "function_call"] and paged.has_more
+    assert [i.type for i in paged.get_next_page().data] == ["function_call_output"]
+    assert [i.id for i in client.responses.input_items.list(listed.id, order="asc")] == [
+        i.id for i in reversed(newest_first)]
+    with pytest.raises(openai.BadRequestError, match="limit"):
+        client.responses.input_items.list(listed.id, limit=0)
+    with pytest.raises(openai.BadRequestError, match="limit must be an integer"):
+        client.responses.input_items.list(listed.id, extra_query={"limit": "x"})
+
     # GET and DELETE; a response not stored (store: false) or deleted cannot be continued
     assert client.responses.retrieve(first.id).output_text == "Hello Ann."
     client.responses.delete(first.id)

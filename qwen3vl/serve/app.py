@@ -3,7 +3,7 @@ unchanged.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses` (OpenAI's Responses API,
 run as the chat request it translates to; all three streamed as server-sent events or not), `GET`/`DELETE
-/v1/responses/{id}` (the responses kept for `previous_response_id`),
+/v1/responses/{id}` and `GET /v1/responses/{id}/input_items` (the responses kept for `previous_response_id`),
 `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), vLLM's `POST /tokenize` / `POST /detokenize`,
 and, with `allow_runtime_lora`, vLLM's `POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter`. All
 generation goes through one `EngineLoop`.
@@ -215,7 +215,8 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
             raise bad_request("n is not supported by the Responses API (one answer per response)", "n")
 
         def keep(response: dict[str, Any]) -> bool:
-            return stored.put(response, conversation + RA.output_messages(response["output"]), previous)
+            return stored.put(response, conversation + RA.output_messages(response["output"]), previous,
+                              RA.input_items(body["input"]))
 
         try:  # (errors name the fields as the Responses request spells them)
             req, adapter, build = chat_request(chat)
@@ -231,6 +232,12 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
     @app.get("/v1/responses/{response_id}")
     async def get_response(response_id: str):
         return stored.get(response_id)
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def response_input_items(response_id: str, order: str = "desc", limit: str = "20", after: str | None = None):
+        if not limit.isdigit():  # (read here, not by FastAPI: its 422 is not in OpenAI's error shape)
+            raise bad_request(f"limit must be an integer, got {limit!r}", "limit")
+        return RA.item_page(stored.inputs(response_id), order, int(limit), after)
 
     @app.delete("/v1/responses/{response_id}")
     async def delete_response(response_id: str):

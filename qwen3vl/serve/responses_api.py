@@ -287,6 +287,45 @@ def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return _messages(items) if items else []
 
 
+def input_items(items: Any) -> list[dict[str, Any]]:
+    """A request's input as the items `GET /v1/responses/{id}/input_items` lists: each with a type and an id (a string
+    input is one user message)."""
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
+    prefixes = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+    out = []
+    for item in items:
+        kind = item.get("type", "message")
+        listed = {"type": kind, **item, "id": item.get("id") or _new_id(prefixes.get(kind, "item"))}
+        if kind == "message":
+            listed.setdefault("status", "completed")
+            if isinstance(listed.get("content"), str):
+                part = "output_text" if listed.get("role") == "assistant" else "input_text"
+                listed["content"] = [{"type": part, "text": listed["content"]}]
+        out.append(listed)
+    return out
+
+
+def item_page(items: list[dict[str, Any]], order: str = "desc", limit: int = 20, after: str | None = None
+              ) -> dict[str, Any]:
+    """One page of a list of items, as the API's cursor pages are: `order` asc or desc, at most `limit` (1-100)
+    after the item `after`."""
+    if order not in ("asc", "desc"):
+        raise bad_request("order must be asc or desc", "order")
+    if not 1 <= limit <= 100:
+        raise bad_request("limit must be between 1 and 100", "limit")
+    ordered = items if order == "asc" else items[::-1]
+    start = 0
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        if after not in ids:
+            raise bad_request(f"after: no item {after!r} in this response's input", "after")
+        start = ids.index(after) + 1
+    page = ordered[start:start + limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(ordered)}
+
+
 class ResponseStore:
     """Finished responses kept in memory, for `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`: each
     with the chat messages of its whole conversation. At most `max_items` of them and `max_mb` of their JSON; the
@@ -294,8 +333,8 @@ class ResponseStore:
 
     def __init__(self, max_items: int = 1000, max_mb: float = 256.0):
         self.max_items, self.max_bytes = max_items, int(max_mb * 2**20)
-        # id -> (response, conversation, bytes counted, of which the conversation's)
-        self._items: OrderedDict[str, tuple[dict[str, Any], list[dict[str, Any]], int, int]] = OrderedDict()
+        # id -> (response, conversation, bytes counted, of which the conversation's, the request's input items)
+        self._items: OrderedDict[str, tuple[dict[str, Any], list[dict[str, Any]], int, int, list]] = OrderedDict()
         self.bytes = 0
 
     @property
@@ -305,18 +344,19 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, response: dict[str, Any], conversation: list[dict[str, Any]], previous: str | None = None) -> bool:
-        """Keep `response` with its conversation; False if it alone is more than the store holds. `previous`: the
-        stored response the conversation continues (its messages are shared, and their size is counted once more
-        without serialising them again)."""
+    def put(self, response: dict[str, Any], conversation: list[dict[str, Any]], previous: str | None = None,
+            inputs: list[dict[str, Any]] | None = None) -> bool:
+        """Keep `response` with its conversation (and its request's input items); False if it alone is more than the
+        store holds. `previous`: the stored response the conversation continues (its messages are shared, and their
+        size is counted once more without serialising them again)."""
         known = self._items.get(previous) if previous is not None else None
         base, skip = (known[3], len(known[1])) if known is not None else (0, 0)
         conversation_bytes = base + _nbytes(conversation[skip:])
-        size = conversation_bytes + _nbytes(response)
+        size = conversation_bytes + _nbytes(response) + _nbytes(inputs or [])
         if size > self.max_bytes:
             log.warning("response %s not stored: its %d MB are more than the store holds", response["id"], size >> 20)
             return False
-        self._items[response["id"]] = (response, conversation, size, conversation_bytes)
+        self._items[response["id"]] = (response, conversation, size, conversation_bytes, inputs or [])
         self.bytes += size
         while len(self._items) > self.max_items or self.bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
@@ -334,6 +374,10 @@ class ResponseStore:
 
     def get(self, response_id: Any) -> dict[str, Any]:
         return self._entry(response_id, None)[0]
+
+    def inputs(self, response_id: Any) -> list[dict[str, Any]]:
+        """The stored response's own input items (not those of the responses it continues)."""
+        return self._entry(response_id, None)[4]
 
     def conversation(self, response_id: Any) -> list[dict[str, Any]]:
         """The chat messages that continue the stored response (a 404 naming `previous_response_id` if none)."""
