@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from qwen3vl.jsonl import iter_jsonl
 from qwen3vl.tasks.coords import box_rel_to_px, point_rel_to_px
 from qwen3vl.tasks.eval import answers, metrics
-from qwen3vl.tasks.toolcalls import TOOL_CLOSE, TOOL_OPEN
+from qwen3vl.tasks.toolcalls import TOOL_OPEN, format_tool_call
 from qwen3vl.tasks.video_time import parse_time_range, parse_timestamp
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def score(rec: EvalRecord, reply: "ChatReply") -> dict[str, float]:
         # out of the text (not recoverable as written) are re-serialised and count as well-formed
         written = reply.raw_text if reply.raw_text and TOOL_OPEN in reply.raw_text else text
         if TOOL_OPEN not in written and reply.tool_calls:
-            written += "".join(f"\n{TOOL_OPEN}\n{json.dumps(c)}\n{TOOL_CLOSE}" for c in reply.tool_calls)
+            written += "".join("\n" + format_tool_call(c) for c in reply.tool_calls)
         return {"valid": float(metrics.tool_call_valid(written))}
     raise AssertionError(fam)
 
