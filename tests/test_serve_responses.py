@@ -19,7 +19,7 @@ from qwen3vl.serve.app import ServeSettings, create_app
 from qwen3vl.serve.errors import APIError
 from qwen3vl.serve.jobs import Usage
 from qwen3vl.serve.outputs import ChoiceDelta
-from qwen3vl.serve.responses_api import Echo, ResponseEvents, ResponseStore, chat_body
+from qwen3vl.serve.responses_api import Echo, ResponseEvents, ResponseStore, translate
 from qwen3vl.serve.testing import ScriptedSampler, ServerThread, png_data_uri
 
 TOOL = {"type": "function", "name": "get_weather", "description": "Weather for a city",
@@ -367,6 +367,10 @@ def test_an_unknown_model_is_a_404(instruct):
 
 
 # ------------------------------------------------------------------------------------------------- pieces
+def chat_body(body, **kw):
+    return translate(body, **kw)[0]
+
+
 def test_chat_body_translation():
     body = chat_body({
         "model": "m", "instructions": "Sys.", "max_output_tokens": 9, "temperature": 0.5, "top_k": 3,

@@ -1,6 +1,6 @@
 """OpenAI's Responses API (`POST /v1/responses`, `client.responses.create`) on top of the chat path.
 
-A Responses request is translated into a chat completions body (`chat_body`) and runs exactly as that chat request
+A Responses request is translated into a chat completions body (`translate`) and runs exactly as that chat request
 would: the same template, media handling, sampling, JSON and tool-call constraints and errors. Its result is then
 written as a Response object (`response_object`), or, streamed, as Responses events (`ResponseEvents`).
 
@@ -11,8 +11,9 @@ The request, field by field (Responses -> chat completions):
   as they are); `function_call` items -> the assistant's `tool_calls` (joining the assistant message before them);
   `function_call_output` -> a `tool` message; a `reasoning` item -> the next assistant message's
   `reasoning_content`.
-* `instructions` -> a first system message (joined with the system/developer messages that open the input: the
-  Instruct template shows only a first one); `max_output_tokens` -> `max_completion_tokens`.
+* `instructions` -> a first system message, joined with the input's system/developer messages (all of them for an
+  Instruct model, whose template shows only a first one; the opening ones for a Thinking model);
+  `max_output_tokens` -> `max_completion_tokens`.
 * `tools` (`{"type": "function", "name", ...}`) -> `{"type": "function", "function": {...}}`; `tool_choice`
   `{"type": "function", "name"}` -> `{"type": "function", "function": {"name"}}`.
 * `text.format` (`json_object`, `json_schema`) -> `response_format`; `top_logprobs` or
@@ -35,11 +36,15 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from qwen3vl.serve.errors import APIError, bad_request
 from qwen3vl.serve.jobs import Deltas, Finished, Usage
+from qwen3vl.serve.loop import RequestHandle
 from qwen3vl.serve.outputs import ChoiceDelta, ChoiceResult
+from qwen3vl.serve.responses import sse
+from qwen3vl.serve.transport import stream_events
 
 # request fields that need state this server does not keep
 _STATEFUL = ("conversation", "prompt")
@@ -57,11 +62,6 @@ def _new_id(prefix: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- request
-def chat_body(body: Any, history: list[dict[str, Any]] | None = None, *, every_system: bool = True) -> dict[str, Any]:
-    """The chat completions body that runs a Responses request (`translate`'s first half)."""
-    return translate(body, history, every_system=every_system)[0]
-
-
 def translate(body: Any, history: list[dict[str, Any]] | None = None, *,
               every_system: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the chat completions body that runs a Responses request, the conversation a stored response keeps); a 400
@@ -154,10 +154,7 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             if role == "assistant":
                 assistant()  # (a new message unless the last one is the assistant's)
                 last = messages[-1]
-                if last["content"]:
-                    last["content"] = _join(last["content"], content)
-                else:
-                    last["content"] = content
+                last["content"] = _joined([last["content"], content]) if last["content"] else content
             else:
                 unanswered()
                 messages.append({"role": "system" if role == "developer" else role, "content": content})
@@ -195,16 +192,9 @@ def _one_system(messages: list[dict[str, Any]], every_system: bool) -> list[dict
     picked = [i for i, m in enumerate(messages) if m["role"] == "system" and (every_system or i < head)]
     if len(picked) < 2 and (not picked or picked[0] == 0):
         return messages
-    contents = [messages[i]["content"] for i in picked]
-    if all(isinstance(c, str) for c in contents):
-        joined: str | list = "\n\n".join(contents)
-    else:
-        joined = []
-        for k, c in enumerate(contents):
-            joined += ([{"type": "text", "text": "\n\n"}] if k else []) + (
-                [{"type": "text", "text": c}] if isinstance(c, str) else list(c))
-    rest = [m for i, m in enumerate(messages) if i not in set(picked)]
-    return [{"role": "system", "content": joined}, *rest]
+    joined = _joined([messages[i]["content"] for i in picked], "\n\n")
+    taken = set(picked)
+    return [{"role": "system", "content": joined}, *(m for i, m in enumerate(messages) if i not in taken)]
 
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
@@ -231,12 +221,15 @@ def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _join(a: str | list, b: str | list) -> str | list:
-    """Two contents of one assistant turn as one."""
-    if isinstance(a, str) and isinstance(b, str):
-        return a + b
-    parts = lambda c: [{"type": "text", "text": c}] if isinstance(c, str) else c  # noqa: E731
-    return parts(a) + parts(b)
+def _joined(contents: list[str | list], sep: str = "") -> str | list:
+    """Message contents as one: a string if all are strings, else a list of parts (strings as text parts)."""
+    if all(isinstance(c, str) for c in contents):
+        return sep.join(contents)
+    out: list = []
+    for k, c in enumerate(contents):
+        out += ([{"type": "text", "text": sep}] if k and sep else []) + (
+            [{"type": "text", "text": c}] if isinstance(c, str) else list(c))
+    return out
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -326,6 +319,15 @@ def item_page(items: list[dict[str, Any]], order: str = "desc", limit: int = 20,
             "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(ordered)}
 
 
+@dataclass
+class _Stored:
+    response: dict[str, Any]
+    conversation: list[dict[str, Any]]  # the chat messages that continue it
+    inputs: list[dict[str, Any]]  # its request's own input items
+    conversation_bytes: int  # what the conversation counts (shared earlier turns counted again)
+    size: int  # what the entry counts against the store
+
+
 class ResponseStore:
     """Finished responses kept in memory, for `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`: each
     with the chat messages of its whole conversation. At most `max_items` of them and `max_mb` of their JSON; the
@@ -333,8 +335,7 @@ class ResponseStore:
 
     def __init__(self, max_items: int = 1000, max_mb: float = 256.0):
         self.max_items, self.max_bytes = max_items, int(max_mb * 2**20)
-        # id -> (response, conversation, bytes counted, of which the conversation's, the request's input items)
-        self._items: OrderedDict[str, tuple[dict[str, Any], list[dict[str, Any]], int, int, list]] = OrderedDict()
+        self._items: OrderedDict[str, _Stored] = OrderedDict()
         self.bytes = 0
 
     @property
@@ -350,20 +351,20 @@ class ResponseStore:
         store holds. `previous`: the stored response the conversation continues (its messages are shared, and their
         size is counted once more without serialising them again)."""
         known = self._items.get(previous) if previous is not None else None
-        base, skip = (known[3], len(known[1])) if known is not None else (0, 0)
+        base, skip = (known.conversation_bytes, len(known.conversation)) if known is not None else (0, 0)
         conversation_bytes = base + _nbytes(conversation[skip:])
         size = conversation_bytes + _nbytes(response) + _nbytes(inputs or [])
         if size > self.max_bytes:
             log.warning("response %s not stored: its %d MB are more than the store holds", response["id"], size >> 20)
             return False
-        self._items[response["id"]] = (response, conversation, size, conversation_bytes, inputs or [])
+        self._items[response["id"]] = _Stored(response, conversation, inputs or [], conversation_bytes, size)
         self.bytes += size
         while len(self._items) > self.max_items or self.bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
-            self.bytes -= old[2]
+            self.bytes -= old.size
         return True
 
-    def _entry(self, response_id: Any, param: str | None):
+    def _entry(self, response_id: Any, param: str | None) -> _Stored:
         if not isinstance(response_id, str):
             raise bad_request(f"{param} must be a string", param)
         if response_id not in self._items:
@@ -373,20 +374,19 @@ class ResponseStore:
         return self._items[response_id]
 
     def get(self, response_id: Any) -> dict[str, Any]:
-        return self._entry(response_id, None)[0]
+        return self._entry(response_id, None).response
 
     def inputs(self, response_id: Any) -> list[dict[str, Any]]:
         """The stored response's own input items (not those of the responses it continues)."""
-        return self._entry(response_id, None)[4]
+        return self._entry(response_id, None).inputs
 
     def conversation(self, response_id: Any) -> list[dict[str, Any]]:
         """The chat messages that continue the stored response (a 404 naming `previous_response_id` if none)."""
-        return self._entry(response_id, "previous_response_id")[1]
+        return self._entry(response_id, "previous_response_id").conversation
 
     def delete(self, response_id: Any) -> None:
-        size = self._entry(response_id, None)[2]
+        self.bytes -= self._entry(response_id, None).size
         del self._items[response_id]
-        self.bytes -= size
 
 
 def _nbytes(value: Any) -> int:
@@ -507,7 +507,7 @@ class ResponseEvents:
     def _event(self, kind: str, **fields: Any) -> str:
         obj = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        return f"event: {kind}\ndata: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+        return f"event: {kind}\n" + sse(obj)
 
     def start(self) -> list[str]:
         snapshot = self.echo.response("in_progress", [])
@@ -608,9 +608,7 @@ class ResponseEvents:
         return out + [self._event("response.failed", response=failed)]
 
 
-async def response_events(echo: Echo, handle: Any) -> AsyncIterator[str]:
-    from qwen3vl.serve.transport import stream_events
-
+async def response_events(echo: Echo, handle: RequestHandle) -> AsyncIterator[str]:
     events = ResponseEvents(echo)
     for chunk in events.start():
         yield chunk
