@@ -394,6 +394,16 @@ def test_tokenize_and_detokenize(server, client, reference):
                                               **{k: v for k, v in extra.items()
                                                  if k in ("tools", "tool_choice", "response_format")})
         assert counted["count"] == used.usage.prompt_tokens, extra
+    # OpenAI's developer role is the system role: the same prompt, and a system turn in it
+    user = {"role": "user", "content": "Hi"}
+    as_developer, as_system, bare = (httpx.post(url + "/tokenize", json={"messages": m}).json()["tokens"] for m in (
+        [{"role": "developer", "content": "Be brief."}, user], [{"role": "system", "content": "Be brief."}, user],
+        [user]))
+    assert as_developer == as_system != bare
+    assert reference.tokenizer.decode(as_developer).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    used = client.chat.completions.create(model="tiny", messages=[{"role": "developer", "content": "Be brief."}, user],
+                                          max_tokens=1)
+    assert used.usage.prompt_tokens == len(as_system)
     image_pad = reference.tokenizer.special.image
     plain = httpx.post(url + "/tokenize", json={"messages": messages}).json()
     large = httpx.post(url + "/tokenize", json={"messages": messages, "min_pixels": 4 * 65536,

@@ -5,6 +5,7 @@ sampling values); `build()` runs on a preprocessing worker (template, tokenising
 
 What the server adds to a chat (documented in docs/SERVING.md):
 
+* a `developer` message (OpenAI's newer name for the system role) is a `system` message;
 * `tool_choice: "none"` hides the tools from the model; `"auto"` (the default with tools) shows them;
 * `"required"` / a named function on an Instruct model prefills the assistant turn with the call's opening, so
   the model must write a call (of that function); on a Thinking model, which has to think first, a system note
@@ -108,11 +109,19 @@ def add_system_note(messages: list[dict[str, Any]], note: str) -> list[dict[str,
     return [{"role": "system", "content": note}] + messages
 
 
+def as_system(messages: Any) -> Any:
+    """OpenAI's `developer` role (what its newer clients send for instructions) read as `system`, which is all the
+    Qwen templates know; anything else is left for `normalize_messages` to check."""
+    if not isinstance(messages, list):
+        return messages
+    return [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in messages]
+
+
 def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any]] | None, params: SamplingParams,
              policy: MediaPolicy, check_length: bool = True) -> Callable[[], Job]:
     """The chat's prompt as the engine will run it; `check_length=False` (for /tokenize) lets a prompt longer than
     the context through."""
-    messages = normalize_messages(req.messages)
+    messages = normalize_messages(as_system(req.messages))
     messages = apply_request_options(messages, req.media_options())
     check_media(messages, policy)
 
