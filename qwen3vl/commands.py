@@ -179,7 +179,21 @@ def add_run_parser(sub) -> None:
     p.add_argument("--no-stream", action="store_true", help="print the answer only when complete")
     add_model_flags(p)
     add_sampling_flags(p)
+    b = p.add_argument_group("beam search (transformers' num_beams semantics; replaces sampling)")
+    b.add_argument("--beam-width", type=int, default=None, metavar="N", help="search N beams, print the best")
+    b.add_argument("--length-penalty", type=float, default=1.0,
+                   help="a hypothesis scores its summed logprob / length ** this (default 1.0)")
     p.set_defaults(func=lambda a: run(a))
+
+
+def _beam_search(llm, messages: list[dict[str, Any]], args: argparse.Namespace):
+    """`run --beam-width`: the best hypothesis. Sampling flags do not apply to a search over the raw distribution,
+    so giving one is an error rather than silently ignored."""
+    given = [k for k, v in sampling_kwargs(args).items() if k != "max_tokens" and v is not None]
+    if given:
+        raise ValueError(f"--beam-width searches the model's raw distribution; drop --{given[0].replace('_', '-')}")
+    return llm.beam_search(messages, beam_width=args.beam_width, n=1, max_tokens=args.max_tokens,
+                           length_penalty=args.length_penalty)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,12 +203,16 @@ def run(args: argparse.Namespace) -> int:
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append(user_message(args.prompt, args.image, args.video))
     try:
-        if args.json or args.no_stream:
-            result = llm.chat(messages, **sampling_kwargs(args))
+        if args.json or args.no_stream or args.beam_width is not None:
+            if args.beam_width is not None:
+                result = _beam_search(llm, messages, args)
+            else:
+                result = llm.chat(messages, **sampling_kwargs(args))
             if args.json:
                 c = result.choices[0]
                 print(json.dumps({"text": c.text, "reasoning": c.reasoning, "tool_calls": c.tool_calls,
                                   "finish_reason": c.finish_reason, "token_ids": c.token_ids,
+                                  **({"score": c.score} if c.score is not None else {}),
                                   "usage": result.usage.to_dict()}, ensure_ascii=False))
             else:
                 if result.reasoning:

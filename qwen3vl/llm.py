@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from qwen3vl.engine.engine import Engine, EngineConfig, StepOutput
+from qwen3vl.engine.engine import Engine, EngineConfig, PromptTooLongError, StepOutput
 from qwen3vl.engine.output import ParsedOutput, ReasoningSplitter, ToolBlockFilter, parse_output
 from qwen3vl.engine.sampling import SamplingParams, from_generation_config
 from qwen3vl.engine.sequence import MediaItem, Sequence
@@ -59,6 +59,7 @@ class Choice:
     tool_call_error: str | None = None
     logprobs: list | None = None
     raw_text: str = ""
+    score: float | None = None  # beam search: the hypothesis's summed logprob / len(token_ids) ** length_penalty
 
 
 @dataclass
@@ -236,11 +237,14 @@ class LLM:
         raw = self._decode(seq.output_ids)
         if seq.stop_text is not None and seq.stop_text in raw:
             raw = raw[:raw.index(seq.stop_text)]
+        return self._choice(raw, list(seq.output_ids), seq.finish_reason or "length", tools,
+                            logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None)
+
+    def _choice(self, raw: str, token_ids: list[int], finish_reason: str, tools: Any, **extra) -> Choice:
         parsed: ParsedOutput = parse_output(raw, self.thinking, parse_tools=bool(tools) or TOOL_OPEN in raw)
-        return Choice(text=parsed.content, token_ids=list(seq.output_ids), reasoning=parsed.reasoning,
-                      tool_calls=parsed.tool_calls, finish_reason=seq.finish_reason or "length",
-                      tool_call_error=parsed.tool_call_error,
-                      logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None, raw_text=raw)
+        return Choice(text=parsed.content, token_ids=token_ids, reasoning=parsed.reasoning,
+                      tool_calls=parsed.tool_calls, finish_reason=finish_reason,
+                      tool_call_error=parsed.tool_call_error, raw_text=raw, **extra)
 
     def _result(self, seqs: list[Sequence], prompt_len: int, tools: Any, prompt_ids: list[int]) -> ChatResult:
         choices = [self.finish_choice(s, tools) for s in seqs]
@@ -312,6 +316,60 @@ class LLM:
             results.append(self._result(seqs, n, tools, seqs[0].prompt_ids))
             self.engine.requests.pop(rid, None)
         return results
+
+    def beam_search(self, messages: Any, *, beam_width: int = 4, n: int | None = None, max_tokens: int | None = None,
+                    length_penalty: float = 1.0, early_stopping: bool | str = False,
+                    stop_token_ids: list[int] | None = None, tools: Any = None, add_vision_id: bool = False,
+                    adapter: str | None = None) -> ChatResult:
+        """The `n` (default: all `beam_width`) best hypotheses of a beam search, best first, each with its `score`;
+        what transformers' `generate(num_beams=beam_width, num_return_sequences=n, do_sample=False, length_penalty=,
+        early_stopping=)` returns (engine/beam.py). Candidates are scored on the model's raw distribution: no
+        temperature, penalties or constraints. The end tokens are the checkpoint's EOS ids plus `stop_token_ids`;
+        `max_tokens` defaults as in `chat` and is capped by the context. Each step runs the live beams as one-token
+        requests whose shared prefix the prefix cache serves."""
+        from qwen3vl.engine.beam import beam_search, candidates_per_beam
+        from qwen3vl.engine.sampling import MAX_LOGPROBS
+
+        n = beam_width if n is None else n
+        if not isinstance(beam_width, int) or isinstance(beam_width, bool) or beam_width < 1:
+            raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= beam_width:
+            raise ValueError(f"n must be an integer in [1, beam_width={beam_width}], got {n!r}")
+        ends = set(self.eos_token_ids) | set(stop_token_ids or [])
+        k = candidates_per_beam(beam_width, len(ends))
+        if k > MAX_LOGPROBS:
+            raise ValueError(f"beam_width {beam_width} needs {k} candidates per beam ({len(ends)} end tokens); at most "
+                             f"{MAX_LOGPROBS} are kept, so beam_width can be at most "
+                             f"{MAX_LOGPROBS // candidates_per_beam(1, len(ends))}")
+        prepared = self.prepare(messages, tools, add_vision_id)
+        media, kinds = media_items(prepared)
+        prompt = list(prepared.input_ids)
+        room = self.engine.max_model_len - len(prompt)
+        if room < 1:
+            raise PromptTooLongError(f"the prompt has {len(prompt)} tokens, but the context allows at most "
+                                     f"{self.engine.max_model_len - 1} prompt tokens")
+        limit = min(max_tokens or self.sampling_defaults.get("max_tokens", 256), room)
+        params = SamplingParams(max_tokens=1, temperature=0, logprobs=k, ignore_eos=True, adapter=adapter)
+
+        def expand(beams: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
+            rids, seqs = [], []
+            try:
+                for tokens in beams:
+                    rids.append(f"beam-{next(_request_ids)}")
+                    seqs += self.engine.add_request(rids[-1], prompt + tokens, params, media, kinds)
+                while any(s.finish_reason is None for s in seqs):
+                    self.engine.step()
+            finally:
+                for rid in rids:
+                    self.engine.abort(rid)
+            if any(not s.logprobs for s in seqs):  # a beam the cache could not hold
+                raise RuntimeError("a beam could not run: the KV cache is too small for the beams at once")
+            return [s.logprobs[0][1] for s in seqs]
+
+        found = beam_search(expand, beam_width, limit, ends, length_penalty, early_stopping)[:n]
+        choices = [self._choice(self._decode(h.tokens), h.tokens, h.finish_reason, tools, score=h.score)
+                   for h in found]
+        return ChatResult(choices, Usage(len(prompt), sum(len(h.tokens) for h in found)), prompt)
 
     def chat_stream(self, messages: Any, *, tools: Any = None, add_vision_id: bool = False,
                     tool_choice: str | None = None, **sampling) -> Iterator[ChatDelta]:

@@ -7,10 +7,14 @@ import json
 import re
 import shutil
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import openai
 import pytest
 
+from qwen3vl.engine.beam import beam_search
+from qwen3vl.engine.sampling import SamplingParams
 from qwen3vl.llm import LLM
 from qwen3vl.model.testing import write_tiny_model
 from qwen3vl.serve.app import ServeSettings, create_app
@@ -440,3 +444,54 @@ def test_logit_bias(client, reference):
     c = client.completions.create(model="tiny", prompt="Once upon a time", temperature=0, max_tokens=3,
                                   logit_bias={str(token): 100})
     assert c.choices[0].text == reference.tokenizer.decode([token] * 3)
+
+
+def test_beam_search(server, client, reference):
+    """vLLM's `use_beam_search` (extra_body): `n` beams, all returned best first, as `LLM.beam_search` finds them
+    (itself checked against transformers' num_beams in test_beam_search.py); a second request runs beside it."""
+    messages = image_message("What is in this picture?", png_data_uri(2))
+    want = reference.beam_search(messages, beam_width=3, max_tokens=6, length_penalty=0.5)
+    plain = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0}
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(lambda: httpx.post(server.url + "/v1/chat/completions", json=plain, timeout=60).json())
+        got = client.chat.completions.create(model="tiny", messages=messages, n=3, max_tokens=6, temperature=0.7,
+                                             extra_body={"use_beam_search": True, "length_penalty": 0.5})
+    assert [c.message.content for c in got.choices] == [c.text for c in want.choices]
+    assert [c.index for c in got.choices] == [0, 1, 2]
+    assert [c.finish_reason for c in got.choices] == [c.finish_reason for c in want.choices]
+    assert got.usage.completion_tokens == want.usage.completion_tokens
+    assert got.usage.prompt_tokens == want.usage.prompt_tokens
+    assert other.result()["choices"][0]["message"]["content"] == reference.chat(
+        [{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0).text
+    # completions: the same search over a text prompt
+    prompt = "Once upon a time"
+    ids = reference.tokenizer.encode(prompt)
+
+    def expand(beams, k):  # the reference engine, asked directly
+        tops = []
+        for i, tokens in enumerate(beams):
+            seq, = reference.engine.add_request(f"ref-{i}", ids + tokens, SamplingParams(max_tokens=1, temperature=0,
+                                                                                         logprobs=k))
+            while seq.finish_reason is None:
+                reference.engine.step()
+            reference.engine.abort(f"ref-{i}")
+            tops.append(seq.logprobs[0][1])
+        return tops
+
+    found = beam_search(expand, 2, 5, reference.eos_token_ids, early_stopping=True)
+    text = client.completions.create(model="tiny", prompt=prompt, n=2, max_tokens=5,
+                                     extra_body={"use_beam_search": True, "early_stopping": True})
+    assert [c.text for c in text.choices] == [reference.tokenizer.decode(h.tokens, skip_special_tokens=True)
+                                              for h in found]
+    assert text.usage.prompt_tokens == len(ids)
+    # what a beam search cannot honour is a 400 naming the field
+    for body, param in (({"stream": True}, "stream"), ({"top_p": 0.5}, "top_p"), ({"logprobs": True}, "logprobs"),
+                        ({"response_format": {"type": "json_object"}}, "response_format"), ({"n": 40}, "n"),
+                        ({"stop": ["x"]}, "stop")):
+        resp = httpx.post(server.url + "/v1/chat/completions",
+                          json={"model": "tiny", "messages": messages, "use_beam_search": True, **body})
+        assert resp.status_code == 400, body
+        assert resp.json()["error"]["param"] == param, resp.json()
+    resp = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": ["a", "b"],
+                                                            "use_beam_search": True})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "prompt"

@@ -20,6 +20,7 @@ from qwen3vl.llm import LLM
 from qwen3vl.model.testing import write_tiny_model
 from qwen3vl.serve.app import ServeSettings, create_app
 from qwen3vl.serve.metrics import parse_metrics
+from qwen3vl.serve.schemas import NOT_WITH_BEAMS
 from qwen3vl.serve.testing import ServerThread, png_data_uri
 
 SETTINGS = settings(max_examples=250, deadline=None, derandomize=True, database=None,
@@ -62,6 +63,8 @@ COMMON = {
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}) | anything,
     "stop_token_ids": st.lists(st.integers(-5, 400), max_size=2) | anything, "min_tokens": small,
     "ignore_eos": st.booleans() | anything,
+    "use_beam_search": st.booleans() | anything, "length_penalty": number,
+    "early_stopping": st.sampled_from([True, False, "never", "x"]) | anything,
 }
 # JSON-schema-like values: valid, unsupported (patterns with lookaround), unsatisfiable, cyclic ($ref "#"), malformed
 schema_like = st.recursive(
@@ -121,6 +124,8 @@ valid_chat_body = st.fixed_dictionaries(
               "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
               "logprobs": st.just(True), "top_logprobs": st.integers(0, 20), "min_tokens": st.integers(0, 4),
               "tools": st.just(TOOLS), "response_format": st.sampled_from([{"type": "json_object"}, VALID_SCHEMA]),
+              "use_beam_search": st.booleans(), "length_penalty": st.sampled_from([-1.0, 0.0, 1.0, 2.5]),
+              "early_stopping": st.sampled_from([True, False, "never"]),
               "max_pixels": st.integers(2048, 64 * 64), "ignore_eos": st.booleans(), "add_vision_id": st.booleans()})
 
 # the Responses API: its own input items, tools and format, over the same common fields
@@ -233,6 +238,9 @@ def test_fuzz_valid_chat(server, body):
         body["logprobs"] = True
     if "response_format" in body:
         body.pop("ignore_eos", None)  # a JSON answer ends with its document: ignore_eos is refused with it (400)
+    if body.get("use_beam_search"):  # what a beam search cannot honour is refused with it (400)
+        for key in NOT_WITH_BEAMS:
+            body.pop(key, None)
     resp = server[1].post("/v1/chat/completions", json=body)
     _check(resp)
     assert resp.status_code == 200, resp.text

@@ -16,6 +16,11 @@ from typing import Any
 import torch
 
 
+# alternatives a sequence may report per token: beam search asks for (1 + end tokens) x its width of them (the
+# server keeps OpenAI's limit of 20 on its own fields)
+MAX_LOGPROBS = 64
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 256
@@ -66,8 +71,8 @@ class SamplingParams:
             bad("frequency_penalty", "must be in [-2, 2]")
         if not isinstance(self.n, int) or self.n < 1:
             bad("n", "must be an integer >= 1")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            bad("logprobs", "must be in [0, 20]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            bad("logprobs", f"must be in [0, {MAX_LOGPROBS}]")
         if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
             bad("prompt_logprobs", "must be in [0, 20]")
         if self.min_tokens < 0:

@@ -21,6 +21,17 @@ class EnginePrompt:
 
 
 @dataclass
+class BeamSpec:
+    """A beam search (`use_beam_search`): `width` beams, all returned; the search runs on the engine thread
+    (loop.py), one round of one-token requests at a time, between the steps of other requests."""
+
+    width: int
+    length_penalty: float
+    early_stopping: bool | str
+    end_ids: tuple[int, ...]
+
+
+@dataclass
 class Job:
     """What the engine thread runs for one HTTP request: one or more prompts (a completions request may send a
     list), each sampled `params.n` times; `make_choice(seq, index)` builds the object that turns a sequence
@@ -30,6 +41,7 @@ class Job:
     params: SamplingParams
     make_choice: Callable[[Sequence, int], Any]
     stream: bool
+    beam: BeamSpec | None = None
 
 
 @dataclass

@@ -26,9 +26,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
+
 from qwen3vl.engine.adapters import UnknownAdapterError
+from qwen3vl.engine.beam import BeamSearch
 from qwen3vl.engine.engine import PromptTooLongError, StepOutput
-from qwen3vl.engine.sequence import Sequence
+from qwen3vl.engine.sampling import SamplingParams
+from qwen3vl.engine.sequence import Sequence, Status
 from qwen3vl.llm import LLM
 from qwen3vl.processing.errors import MediaError, MessageFormatError
 from qwen3vl.serve.errors import APIError, bad_request
@@ -88,6 +92,56 @@ class _Active:
         cached = sum(self.seqs[k * self.job.params.n].num_cached_prefix for k in range(len(self.rids)))
         reasoning = sum(c.reasoning_tokens() for c in self.choices)
         return Usage(self.prompt_tokens, sum(len(s.output_ids) for s in self.seqs), cached, reasoning)
+
+
+class _BeamActive:
+    """Engine-thread state of a beam-search request (`Job.beam`): the search (engine/beam.py) and its current
+    round, one one-token request per live beam whose prompt is the prompt plus the beam. Rounds interleave with the
+    other requests' steps; the prefix cache serves the blocks the beams share."""
+
+    def __init__(self, handle: RequestHandle, job: Job, room: int):
+        spec, prompt = job.beam, job.prompts[0]
+        self.handle, self.job, self.prompt = handle, job, prompt
+        # (room < 1: the prompt does not fit, which the first round's add_request reports)
+        self.search = BeamSearch(spec.width, max(1, min(job.params.max_tokens, room)), spec.end_ids,
+                                 spec.length_penalty, spec.early_stopping)
+        self.params = SamplingParams(max_tokens=1, temperature=0, logprobs=self.search.k, ignore_eos=True,
+                                     adapter=job.params.adapter)
+        self.prompt_tokens = len(prompt.prompt_ids)
+        self.rids: list[str] = []
+        self.seqs: list[Sequence] = []
+        self.finished = 0
+        self.rounds = 0
+        self.cached = 0
+        self.deltas: list[ChoiceDelta] = []  # (none: a search answers when done)
+
+    def start_round(self, engine) -> list[Sequence]:
+        """Queue the live beams; raises what `add_request` raises (the first round: a prompt too long)."""
+        self.rounds += 1
+        self.rids, self.seqs, self.finished = [], [], 0
+        p = self.prompt
+        for i, tokens in enumerate(self.search.beams()):
+            self.rids.append(f"{self.handle.id}-beam{self.rounds}-{i}")
+            self.seqs += engine.add_request(self.rids[-1], p.prompt_ids + tokens, self.params, p.media, p.kinds)
+        if self.rounds == 1:
+            self.cached = self.seqs[0].num_cached_prefix
+        return self.seqs
+
+    def tops(self) -> list[list[tuple[int, float]]]:
+        if any(not s.logprobs for s in self.seqs):  # the engine gave up on one: it never got cache blocks
+            raise APIError(400, f"a beam search of {self.search.width} beams does not fit the KV cache beside the "
+                                "other requests; ask for fewer beams (n) or a shorter prompt", "n")
+        return [s.logprobs[0][1] for s in self.seqs]
+
+    def result(self) -> Finished:
+        choices = []
+        for i, h in enumerate(self.search.finished):
+            seq = Sequence(prompt_ids=list(self.prompt.prompt_ids), params=self.job.params,
+                           prompt_positions=np.zeros((3, 0), dtype=np.int64), rope_delta=0, output_ids=list(h.tokens),
+                           finish_reason=h.finish_reason, status=Status.FINISHED)
+            choices.append(self.job.make_choice(seq, i).result())
+        return Finished(choices, Usage(self.prompt_tokens, sum(len(h.tokens) for h in self.search.finished),
+                                       self.cached))
 
 
 def _answer(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -253,6 +307,9 @@ class EngineLoop:
     def _add(self, handle: RequestHandle, job: Job) -> None:
         if handle.cancelled:
             return
+        if job.beam is not None:
+            self._add_beam(handle, job)
+            return
         rids = [handle.id] if len(job.prompts) == 1 else [f"{handle.id}-{k}" for k in range(len(job.prompts))]
         seqs: list[Sequence] = []
         queued = False
@@ -284,6 +341,56 @@ class EngineLoop:
             self._by_seq[s.seq_id] = active
         handle.emit([Admitted(active.prompt_tokens)])
 
+    def _add_beam(self, handle: RequestHandle, job: Job) -> None:
+        active = None
+        try:
+            active = _BeamActive(handle, job, self.engine.max_model_len - len(job.prompts[0].prompt_ids))
+            seqs = active.start_round(self.engine)
+        except Exception as e:
+            for rid in active.rids if active is not None else []:
+                self.engine.abort(rid)
+            if isinstance(e, UnknownAdapterError):
+                err = APIError(404, str(e), "model", "model_not_found")
+            elif isinstance(e, ValueError):
+                err = bad_request(str(e), "messages",
+                                  "context_length_exceeded" if isinstance(e, PromptTooLongError) else None)
+            else:
+                log.exception("could not add request %s", handle.id)
+                err = APIError(500, "internal error while queueing the request")
+            handle.done = True
+            handle.emit([Failed(err)])
+            return
+        self._active[handle.id] = active
+        for s in seqs:
+            self._by_seq[s.seq_id] = active
+        handle.emit([Admitted(active.prompt_tokens)])
+
+    def _beam_round(self, active: _BeamActive, now: float) -> Finished | Failed | None:
+        """A round of `active` is done: advance its search, then queue the next round (None) or answer."""
+        for rid in active.rids:
+            self.engine.requests.pop(rid, None)
+        for s in active.seqs:
+            self._by_seq.pop(s.seq_id, None)
+        event: Finished | Failed | None = None
+        try:
+            active.search.advance(active.tops())
+            if active.search.beams() is not None:
+                for s in active.start_round(self.engine):
+                    self._by_seq[s.seq_id] = active
+                return None
+            event = active.result()
+        except APIError as e:
+            event = Failed(e)
+        except Exception:
+            log.exception("beam search of request %s failed", active.handle.id)
+            event = Failed(APIError(500, "internal error during the beam search; the request was aborted"))
+        for rid in active.rids:  # (a round that failed to queue in full)
+            self.engine.abort(rid)
+        self._active.pop(active.handle.id, None)
+        active.handle.done = True
+        self.metrics.e2e.observe(now - active.handle.arrival)
+        return event
+
     def _abort(self, hid: str) -> None:
         active = self._active.pop(hid, None)
         if active is None:
@@ -307,6 +414,9 @@ class EngineLoop:
             if active is None:
                 continue
             touched[active.handle.id] = active
+            if isinstance(active, _BeamActive):
+                active.finished += out.finished
+                continue
             sid = out.seq.seq_id
             if out.new_tokens:
                 if not active.first_token:
@@ -333,7 +443,9 @@ class EngineLoop:
                 events.append(Deltas(active.deltas))
                 active.deltas = []
             if active.finished == len(active.seqs):
-                events.append(self._complete(active, now))
+                done = self._beam_round(active, now) if isinstance(active, _BeamActive) else self._complete(active, now)
+                if done is not None:
+                    events.append(done)
             if events:
                 active.handle.emit(events)
 

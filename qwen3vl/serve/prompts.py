@@ -26,13 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 from qwen3vl.engine.engine import PromptTooLongError
-from qwen3vl.engine.sampling import SamplingParams
+from qwen3vl.engine.beam import candidates_per_beam
+from qwen3vl.engine.sampling import MAX_LOGPROBS, SamplingParams
 from qwen3vl.engine.schema import SchemaError, compile_schema
 from qwen3vl.engine.tool_constraint import ForcedCalls, forced_calls
 from qwen3vl.llm import LLM, media_items
 from qwen3vl.processing.messages import normalize_messages
 from qwen3vl.serve.errors import bad_request
-from qwen3vl.serve.jobs import EnginePrompt, Job
+from qwen3vl.serve.jobs import BeamSpec, EnginePrompt, Job
 from qwen3vl.serve.media import MediaPolicy, apply_request_options, check_media
 from qwen3vl.serve.outputs import ChatChoice, ChatSpec, TextChoice
 from qwen3vl.serve.schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
@@ -93,6 +94,21 @@ def _check_length(llm: LLM, n: int) -> None:
         raise PromptTooLongError(f"the prompt has {n} tokens, but this model's context allows at most {limit - 1} "
                                  f"prompt tokens (max_model_len {limit}); shorten the messages or use smaller "
                                  "images (max_pixels)")
+
+
+def beam_spec(llm: LLM, req: ChatCompletionRequest | CompletionRequest, params: SamplingParams) -> BeamSpec | None:
+    """`use_beam_search`: `n` beams, ending at the checkpoint's EOS ids and `stop_token_ids`; a width too large for
+    the candidates kept per beam is a 400 naming `n`."""
+    if not req.use_beam_search:
+        return None
+    ends = tuple(sorted(set(llm.eos_token_ids) | set(params.stop_token_ids)))
+    per_width = candidates_per_beam(1, len(ends))
+    if per_width * params.n > MAX_LOGPROBS:
+        raise bad_request(f"n: a beam search of {params.n} beams needs {per_width * params.n} candidates per beam; at "
+                          f"most {MAX_LOGPROBS} are kept, so n can be at most {MAX_LOGPROBS // per_width}", "n")
+    if not isinstance(req.length_penalty, (int, float)):
+        raise bad_request("length_penalty must be a number", "length_penalty")
+    return BeamSpec(params.n, float(req.length_penalty), req.early_stopping, ends)
 
 
 # ------------------------------------------------------------------------------------------------- chat
@@ -165,6 +181,7 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
                     json_any=json_mode and schema is not None,
                     logprobs=req.logprobs)
     stream, add_vision_id = req.stream, req.add_vision_id
+    beam = beam_spec(llm, req, params)
 
     def build() -> Job:
         prepared = llm.prepare(messages, tools, add_vision_id)
@@ -175,7 +192,7 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
             _check_length(llm, len(ids))
         media, kinds = media_items(prepared)
         return Job([EnginePrompt(ids, media, kinds)], params,
-                   lambda seq, i: ChatChoice(llm, seq, i, spec, stream), stream)
+                   lambda seq, i: ChatChoice(llm, seq, i, spec, stream), stream, beam)
 
     return build
 
@@ -187,6 +204,7 @@ def completion_job(llm: LLM, req: CompletionRequest, params: SamplingParams) -> 
     vocab = llm.model.config.text_config.vocab_size
     sp = llm.tokenizer.special
     media_pads = {sp.image, sp.video}
+    beam = beam_spec(llm, req, params)
 
     def build() -> Job:
         out = []
@@ -203,6 +221,6 @@ def completion_job(llm: LLM, req: CompletionRequest, params: SamplingParams) -> 
                                   "(send media to /v1/chat/completions)", "prompt")
             _check_length(llm, len(ids))
             out.append(EnginePrompt(ids))
-        return Job(out, params, lambda seq, i: TextChoice(llm, seq, i, stream, echo=req.echo), stream)
+        return Job(out, params, lambda seq, i: TextChoice(llm, seq, i, stream, echo=req.echo), stream, beam)
 
     return build

@@ -72,6 +72,15 @@ class StructuredOutputs(_Strict):
     json_schema: dict[str, Any] | bool | None = Field(None, alias="json")  # "json" would shadow BaseModel.json
 
 
+# fields a beam search cannot honour (it scores the model's raw distribution and answers when it is done), each with
+# the value that asks for nothing and so may be sent with it
+NOT_WITH_BEAMS = {"stream": False, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
+                   "presence_penalty": 0.0, "frequency_penalty": 0.0, "stop": None, "ignore_eos": False,
+                   "min_tokens": 0, "logit_bias": None, "guided_regex": None, "guided_choice": None,
+                   "guided_json": None, "structured_outputs": None, "logprobs": None, "top_logprobs": None,
+                   "response_format": None}
+
+
 class _Sampling(_Strict):
     """Fields both endpoints share."""
 
@@ -101,6 +110,23 @@ class _Sampling(_Strict):
     guided_choice: Choices | None = None
     guided_json: dict[str, Any] | bool | None = None
     structured_outputs: StructuredOutputs | None = None
+    # vLLM's beam search (extra_body): `n` beams, all returned best first; transformers' num_beams semantics
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    early_stopping: bool | Literal["never"] = False
+
+    def check_beam(self) -> None:
+        """With `use_beam_search`, a field the search would silently ignore is a 400 naming it (temperature and
+        seed excepted: a beam search is deterministic, so they have nothing to change)."""
+        if not self.use_beam_search:
+            return
+        for name, neutral in NOT_WITH_BEAMS.items():
+            value = getattr(self, name, None)
+            if name == "response_format" and value is not None and value.type == "text":
+                continue
+            if name in self.model_fields_set and value not in (None, False, "", [], {}) and value != neutral:
+                raise bad_request(f"{name} cannot be combined with use_beam_search (the search scores the model's "
+                                  "raw distribution and answers when it is done)", name)
 
     def guided(self) -> tuple[str, Any] | None:
         """The one structured-output request among guided_* and structured_outputs: ("regex" | "choice" | "json",
@@ -175,6 +201,10 @@ class ChatCompletionRequest(_Sampling):
         return out
 
     def check(self) -> None:
+        self.check_beam()
+        if self.use_beam_search and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)):
+            raise bad_request("tool_choice required or a named function cannot be combined with use_beam_search "
+                              "(a forced call constrains decoding; the search does not)", "tool_choice")
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
         self.check_logit_bias()
@@ -218,8 +248,11 @@ class CompletionRequest(_Sampling):
             raise bad_request("suffix is not supported by this server", "suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise bad_request("best_of is not supported by this server (leave it out or equal to n)", "best_of")
+        self.check_beam()
         self.check_logit_bias()
         self.guided()
+        if self.use_beam_search and len(self.prompts()) > 1:
+            raise bad_request("use_beam_search takes one prompt per request", "prompt")
         if isinstance(self.prompt, list) and not self.prompt:
             raise bad_request("prompt must not be an empty list", "prompt")
         if isinstance(self.prompt, list) and len(self.prompt) > MAX_N:
