@@ -327,7 +327,7 @@ class LLM:
         temperature, penalties or constraints. The end tokens are the checkpoint's EOS ids plus `stop_token_ids`;
         `max_tokens` defaults as in `chat` and is capped by the context. Each step runs the live beams as one-token
         requests whose shared prefix the prefix cache serves."""
-        from qwen3vl.engine.beam import beam_search, candidates_per_beam
+        from qwen3vl.engine.beam import EngineExpander, beam_search, candidates_per_beam
         from qwen3vl.engine.sampling import MAX_LOGPROBS
 
         n = beam_width if n is None else n
@@ -349,23 +349,7 @@ class LLM:
             raise PromptTooLongError(f"the prompt has {len(prompt)} tokens, but the context allows at most "
                                      f"{self.engine.max_model_len - 1} prompt tokens")
         limit = min(max_tokens or self.sampling_defaults.get("max_tokens", 256), room)
-        params = SamplingParams(max_tokens=1, temperature=0, logprobs=k, ignore_eos=True, adapter=adapter)
-
-        def expand(beams: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
-            rids, seqs = [], []
-            try:
-                for tokens in beams:
-                    rids.append(f"beam-{next(_request_ids)}")
-                    seqs += self.engine.add_request(rids[-1], prompt + tokens, params, media, kinds)
-                while any(s.finish_reason is None for s in seqs):
-                    self.engine.step()
-            finally:
-                for rid in rids:
-                    self.engine.abort(rid)
-            if any(not s.logprobs for s in seqs):  # a beam the cache could not hold
-                raise RuntimeError("a beam could not run: the KV cache is too small for the beams at once")
-            return [s.logprobs[0][1] for s in seqs]
-
+        expand = EngineExpander(self.engine, prompt, media, kinds, adapter)
         found = beam_search(expand, beam_width, limit, ends, length_penalty, early_stopping)[:n]
         choices = [self._choice(self._decode(h.tokens), h.tokens, h.finish_reason, tools, score=h.score)
                    for h in found]

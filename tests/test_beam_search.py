@@ -12,7 +12,7 @@ from PIL import Image
 
 import qwen3vl
 from fixtures.processing.references import hf_processor
-from qwen3vl.engine.beam import beam_search
+from qwen3vl.engine.beam import EngineExpander, beam_search
 from qwen3vl.model.testing import write_tiny_model
 
 
@@ -76,12 +76,31 @@ def test_beam_search_equals_transformers(setup, case):
     if case.get("ends_early"):  # the case did exercise an early end
         assert any(c.finish_reason == "stop" for c in got.choices)
         assert any(len(c.token_ids) < case["max_tokens"] for c in got.choices)
+    assert llm.engine.blocks.num_used == 0 and not llm.engine.requests  # every beam's blocks given back
     assert got.usage.prompt_tokens == len(got.prompt_token_ids)
     assert got.usage.completion_tokens == sum(len(c.token_ids) for c in got.choices)
     # n < width: the best n of the same search
     best = llm.beam_search(msgs, beam_width=case["width"], n=1, max_tokens=case["max_tokens"], stop_token_ids=extra,
                            **kwargs)
     assert [c.token_ids for c in best.choices] == want_tokens[:1]
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_forked_beams_equal_recomputed_ones(setup, kv_cache_dtype):
+    """Beams forked from the request they grew from (shared blocks, the last one copied: keys, values and int8
+    scales) find what beams recomputed from the prompt find, with the same scores."""
+    llm, _, _ = setup
+    eng = llm.engine if kv_cache_dtype == "auto" else qwen3vl.LLM(llm.path, kv_cache_gb=0.05,
+                                                                   kv_cache_dtype=kv_cache_dtype).engine
+    ids = llm.tokenizer.encode("a prompt of a few tokens, long enough to fill one block and part of another")
+    runs = []
+    for fork in (True, False):
+        expand = EngineExpander(eng, ids, fork=fork)
+        assert expand.forks is fork
+        runs.append(beam_search(expand, 3, 9, end_ids=[]))
+        assert eng.blocks.num_used == 0 and not eng.requests
+    assert [h.tokens for h in runs[0]] == [h.tokens for h in runs[1]]
+    assert np.allclose([h.score for h in runs[0]], [h.score for h in runs[1]], atol=1e-5)
 
 
 def test_beam_search_finds_what_greedy_misses():

@@ -13,8 +13,7 @@ import httpx
 import openai
 import pytest
 
-from qwen3vl.engine.beam import beam_search
-from qwen3vl.engine.sampling import SamplingParams
+from qwen3vl.engine.beam import EngineExpander, beam_search
 from qwen3vl.llm import LLM
 from qwen3vl.model.testing import write_tiny_model
 from qwen3vl.serve.app import ServeSettings, create_app
@@ -467,18 +466,7 @@ def test_beam_search(server, client, reference):
     prompt = "Once upon a time"
     ids = reference.tokenizer.encode(prompt)
 
-    def expand(beams, k):  # the reference engine, asked directly
-        tops = []
-        for i, tokens in enumerate(beams):
-            seq, = reference.engine.add_request(f"ref-{i}", ids + tokens, SamplingParams(max_tokens=1, temperature=0,
-                                                                                         logprobs=k))
-            while seq.finish_reason is None:
-                reference.engine.step()
-            reference.engine.abort(f"ref-{i}")
-            tops.append(seq.logprobs[0][1])
-        return tops
-
-    found = beam_search(expand, 2, 5, reference.eos_token_ids, early_stopping=True)
+    found = beam_search(EngineExpander(reference.engine, ids), 2, 5, reference.eos_token_ids, early_stopping=True)
     text = client.completions.create(model="tiny", prompt=prompt, n=2, max_tokens=5,
                                      extra_body={"use_beam_search": True, "early_stopping": True})
     assert [c.text for c in text.choices] == [reference.tokenizer.decode(h.tokens, skip_special_tokens=True)

@@ -20,10 +20,13 @@ may be ordered differently.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 Expand = Callable[[list[list[int]], int], list[list[tuple[int, float]]]]
+_rids = itertools.count()
 
 
 @dataclass
@@ -42,8 +45,13 @@ def beam_search(expand: Expand, width: int, max_tokens: int, end_ids: Collection
                 early_stopping: bool | str = False) -> list[Hypothesis]:
     """The `width` best finished hypotheses, best first."""
     search = BeamSearch(width, max_tokens, end_ids, length_penalty, early_stopping)
-    while (beams := search.beams()) is not None:
-        search.advance(expand(beams, search.k))
+    try:
+        while (beams := search.beams()) is not None:
+            search.advance(expand(beams, search.k))
+    finally:
+        close = getattr(expand, "close", None)  # an EngineExpander: the last round's kept blocks
+        if close is not None:
+            close()
     return search.finished
 
 
@@ -104,3 +112,62 @@ class BeamSearch:
             hoped = self.max_tokens if self.early_stopping == "never" and self.length_penalty > 0 else length
             if self.live[0][1] / hoped ** self.length_penalty <= finished[-1].score:
                 self.done = True
+
+
+class EngineExpander:
+    """`expand` answered by an `Engine` (engine.py): every live beam is a one-token greedy request whose prompt is
+    the prompt plus the beam, reporting its top `k` next tokens. A beam forks from the request of the beam it grew
+    from (`add_request(fork_from=)`: that one's cache blocks shared, its last block copied), so a round computes one
+    token per beam, as a batched decode step; a runner that cannot copy blocks (tensor parallelism) gets plain
+    requests instead, which the prefix cache serves up to the last full block.
+
+    Call it (`expand(beams, k)`, stepping the engine until the round is done), or `submit` a round and `collect` it
+    once its sequences have finished (the server, stepping for everyone). `close()` frees the last round's blocks."""
+
+    def __init__(self, engine: Any, prompt_ids: list[int], media: list | None = None, kinds: list[str] | None = None,
+                 adapter: str | None = None, fork: bool | None = None):
+        self.engine, self.prompt = engine, list(prompt_ids)
+        self.media, self.kinds, self.adapter = media, kinds, adapter
+        # fork: None (whenever the runner can), or False (plain requests; for comparison)
+        self.forks = hasattr(engine.runner, "copy_blocks") and fork is not False
+        self.rids: list[str] = []  # the current round's requests (their blocks kept to fork from)
+        self.seqs: list[Any] = []
+        self._by_tokens: dict[tuple[int, ...], Any] = {}
+
+    def submit(self, beams: list[list[int]], k: int) -> list[Any]:
+        from qwen3vl.engine.sampling import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0, logprobs=k, ignore_eos=True, adapter=self.adapter)
+        parents, old = self._by_tokens, self.rids
+        self.rids, self.seqs = [], []
+        try:
+            for tokens in beams:
+                parent = parents.get(tuple(tokens[:-1])) if tokens and self.forks else None
+                self.rids.append(f"beam-{next(_rids)}")
+                self.seqs += self.engine.add_request(self.rids[-1], self.prompt + tokens, params, self.media,
+                                                     self.kinds, fork_from=parent, keep_blocks=self.forks)
+        finally:
+            for rid in old:  # the parents: each fork holds what it needs of them
+                self.engine.abort(rid)
+        self._by_tokens = {tuple(tokens): seq for tokens, seq in zip(beams, self.seqs)}
+        return self.seqs
+
+    def collect(self) -> list[list[tuple[int, float]]]:
+        if any(not s.logprobs for s in self.seqs):  # the engine gave up on one: it never got cache blocks
+            raise RuntimeError(f"{len(self.seqs)} beams do not fit the KV cache at once")
+        return [s.logprobs[0][1] for s in self.seqs]
+
+    def close(self) -> None:
+        for rid in self.rids:
+            self.engine.abort(rid)
+        self.rids, self.seqs, self._by_tokens = [], [], {}
+
+    def __call__(self, beams: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
+        try:
+            seqs = self.submit(beams, k)
+            while any(s.finish_reason is None for s in seqs):
+                self.engine.step()
+            return self.collect()
+        except BaseException:
+            self.close()
+            raise

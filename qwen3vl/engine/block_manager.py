@@ -29,6 +29,7 @@ class BlockManager:
         self.by_hash: dict[bytes, int] = {}
         self.hits = 0  # tokens served from the prefix cache, for metrics
         self.queries = 0
+        self.pending_copies: list[tuple[int, int]] = []  # (source, destination) blocks the runner must copy first
 
     # ------------------------------------------------------------------ queries
     @property
@@ -79,6 +80,9 @@ class BlockManager:
         token is always left to compute, so the step that finishes the prompt produces logits.
         """
         assert not seq.block_table
+        if seq.fork is not None:
+            self._allocate_fork(seq, num_tokens)
+            return
         hashes = self.block_hashes(seq, num_tokens) if self.prefix_cache else []
         # prompt logprobs need the logits of every prompt position not yet scored: reuse no block past those
         scored = len(seq.prompt_logprobs) if seq.params.prompt_logprobs is not None else num_tokens
@@ -102,6 +106,39 @@ class BlockManager:
         seq.num_computed = cached
         seq.num_cached_prefix = cached
 
+    def hold(self, blocks: list[int]) -> None:
+        """Keep blocks from being handed out (a fork's parent blocks, until the fork is allocated)."""
+        for block in blocks:
+            if self.ref[block] == 0:
+                self.free.pop(block)
+            self.ref[block] += 1
+
+    def _unref(self, blocks: list[int]) -> None:
+        # in reverse so a sequence's tail blocks are reused before its (more shareable) head blocks
+        for block in reversed(blocks):
+            self.ref[block] -= 1
+            if self.ref[block] == 0:
+                self.free[block] = None
+
+    def _allocate_fork(self, seq: Sequence, num_tokens: int) -> None:
+        """A fork shares its parent's full blocks and gets a copy of the partly filled last one (copy on write:
+        the runner copies it before the step), so only its own new tokens are computed."""
+        blocks, computed = seq.fork
+        seq.fork = None
+        full = computed // self.block_size
+        table = blocks[:full]  # the holds on these become the fork's references
+        if computed % self.block_size:
+            copy = self._take()
+            self.pending_copies.append((blocks[full], copy))
+            table.append(copy)
+        self._unref(blocks[full:])  # the partly filled block (copied before anything writes) and any beyond
+        while len(table) < self.blocks_needed(num_tokens):
+            table.append(self._take())
+        seq.block_table = table
+        seq.num_computed = seq.num_cached_prefix = computed
+        self.queries += num_tokens
+        self.hits += computed
+
     def ensure_slots(self, seq: Sequence, num_tokens: int) -> bool:
         """Grow seq's table to hold `num_tokens` tokens; False (and no change) if blocks run out."""
         need = self.blocks_needed(num_tokens) - len(seq.block_table)
@@ -122,10 +159,9 @@ class BlockManager:
                 self.by_hash[h] = block
 
     def release(self, seq: Sequence) -> None:
-        # free in reverse so a sequence's tail blocks are reused before its (more shareable) head blocks
-        for block in reversed(seq.block_table):
-            self.ref[block] -= 1
-            if self.ref[block] == 0:
-                self.free[block] = None
+        self._unref(seq.block_table)
         seq.block_table = []
         seq.num_computed = 0
+        if seq.fork is not None:  # a fork that never ran: its holds on the parent's blocks
+            self._unref(seq.fork[0])
+            seq.fork = None

@@ -88,9 +88,22 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                    media: list[MediaItem] | None = None, kinds: list[str] | None = None) -> list[Sequence]:
-        """Queue a prompt. `media` items carry their pad-token ranges; `kinds` says 'image' or 'video' per item."""
+                    media: list[MediaItem] | None = None, kinds: list[str] | None = None, *,
+                    fork_from: Sequence | None = None, keep_blocks: bool = False) -> list[Sequence]:
+        """Queue a prompt. `media` items carry their pad-token ranges; `kinds` says 'image' or 'video' per item.
+
+        Beam search: `keep_blocks=True` keeps a sequence's cache blocks when it finishes (until `abort(request_id)`),
+        and `fork_from=` such a finished sequence, whose tokens this prompt starts with, reuses its keys and values
+        (its full blocks shared, its last block copied), so only the tokens after them are computed."""
         params.validate()
+        if fork_from is not None:
+            if not hasattr(self.runner, "copy_blocks"):
+                raise ValueError("this engine's runner cannot copy cache blocks, so it cannot fork sequences")
+            done = fork_from.num_computed
+            if not (fork_from.keep_blocks and fork_from.status is Status.FINISHED and fork_from.block_table):
+                raise ValueError("fork_from must be a finished sequence added with keep_blocks=True, not yet aborted")
+            if len(prompt_ids) <= done or list(prompt_ids[:done]) != fork_from.tokens(0, done):
+                raise ValueError("a fork's prompt must extend the tokens of the sequence it forks from")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not prompt_ids:
@@ -136,7 +149,10 @@ class Engine:
                 gen.manual_seed(params.seed + i if params.seed is not None else torch.seed())
             seq = Sequence(prompt_ids=list(prompt_ids), params=params, prompt_positions=positions, rope_delta=delta,
                            media=media, request_id=request_id, generator=gen, arrival=time.monotonic(),
-                           adapter_id=adapter_id)
+                           adapter_id=adapter_id, keep_blocks=keep_blocks)
+            if fork_from is not None:
+                seq.fork = (list(fork_from.block_table), fork_from.num_computed)
+                self.blocks.hold(seq.fork[0])
             if params.json_mode:
                 seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
                                                 activate_after=self.json_after, schema=schema)
@@ -171,6 +187,9 @@ class Engine:
         for seq in self.requests.pop(request_id, []):
             if seq.status is not Status.FINISHED:
                 self.scheduler.finish(seq, "abort")
+            elif seq.keep_blocks:  # finished, its blocks kept to fork from
+                self.blocks.release(seq)
+                seq.keep_blocks = False
         self._release_adapters()
 
     def adapters_in_use(self) -> set[int]:
@@ -195,6 +214,9 @@ class Engine:
                 self._release_adapters()
                 return [StepOutput(seq, [], True)]
             return []
+        if self.blocks.pending_copies:  # forks' own copies of shared blocks, before anything writes to them
+            self.runner.copy_blocks(self.blocks.pending_copies)
+            self.blocks.pending_copies = []
         logits = self.runner.execute(chunks)
         assign_prompt_logprobs(chunks, self.runner.scores)
         self.stats["steps"] += 1

@@ -187,6 +187,16 @@ class KVCache:
             data[layer].index_copy_(0, slots, q)
             scales[layer].index_copy_(0, slots, scale)
 
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy whole blocks (source, destination), in every layer: a forked sequence's own copy of a shared block."""
+        bs = self.block_size
+        offsets = torch.arange(bs, device=self.device)
+        src = torch.cat([offsets + s * bs for s, _ in pairs])
+        dst = torch.cat([offsets + d * bs for _, d in pairs])
+        for tensors in (self.k, self.v, self.k_scale, self.v_scale):
+            for t in tensors:
+                t.index_copy_(0, dst, t.index_select(0, src))
+
     def read(self, layer: int, slots: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values (n, K, Dh) in `slots`, in `dtype`."""
         if self.kv_dtype == "auto":
@@ -246,6 +256,9 @@ class ModelRunner:
         self.merge = model.config.vision_config.spatial_merge_size
         self.adapters = AdapterSet(model)  # LoRA adapters chosen per request (SamplingParams.adapter)
         self.scores: list = []  # the last step's prompt scores (`assign_prompt_logprobs`)
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        self.cache.copy_blocks(pairs)
 
     def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
         pos = torch.arange(start, end)

@@ -107,4 +107,5 @@ class Scheduler:
                 self.waiting.remove(seq)
             except ValueError:
                 pass
-        self.blocks.release(seq)
+        if not (seq.keep_blocks and reason != "abort"):  # kept to fork from: `Engine.abort` releases them
+            self.blocks.release(seq)

@@ -64,6 +64,10 @@ class Sequence:
     block_hashes: list = field(default_factory=list)  # memo for BlockManager.block_hashes
     constraint: Any = None  # JSON mode: a constrain.JsonConstraint
     adapter_id: int = 0  # the LoRA adapter load this request runs with (engine/adapters.py); 0: the base model
+    # a sequence forked from a finished one (beam search): the parent's blocks, held until this one is allocated, and
+    # how many leading tokens they hold keys/values of (`Engine.add_request(fork_from=)`)
+    fork: tuple[list[int], int] | None = None
+    keep_blocks: bool = False  # finishing keeps the cache blocks (to fork from) until `Engine.abort`
 
     @property
     def num_tokens(self) -> int:

@@ -29,9 +29,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from qwen3vl.engine.adapters import UnknownAdapterError
-from qwen3vl.engine.beam import BeamSearch
+from qwen3vl.engine.beam import BeamSearch, EngineExpander
 from qwen3vl.engine.engine import PromptTooLongError, StepOutput
-from qwen3vl.engine.sampling import SamplingParams
 from qwen3vl.engine.sequence import Sequence, Status
 from qwen3vl.llm import LLM
 from qwen3vl.processing.errors import MediaError, MessageFormatError
@@ -95,43 +94,40 @@ class _Active:
 
 
 class _BeamActive:
-    """Engine-thread state of a beam-search request (`Job.beam`): the search (engine/beam.py) and its current
-    round, one one-token request per live beam whose prompt is the prompt plus the beam. Rounds interleave with the
-    other requests' steps; the prefix cache serves the blocks the beams share."""
+    """Engine-thread state of a beam-search request (`Job.beam`): the search (engine/beam.py) and the expander that
+    runs its rounds, one one-token request per live beam (each forked from the beam it grew from), between the steps
+    of the other requests."""
 
-    def __init__(self, handle: RequestHandle, job: Job, room: int):
+    def __init__(self, handle: RequestHandle, job: Job, engine, room: int):
         spec, prompt = job.beam, job.prompts[0]
         self.handle, self.job, self.prompt = handle, job, prompt
         # (room < 1: the prompt does not fit, which the first round's add_request reports)
         self.search = BeamSearch(spec.width, max(1, min(job.params.max_tokens, room)), spec.end_ids,
                                  spec.length_penalty, spec.early_stopping)
-        self.params = SamplingParams(max_tokens=1, temperature=0, logprobs=self.search.k, ignore_eos=True,
-                                     adapter=job.params.adapter)
+        self.expander = EngineExpander(engine, prompt.prompt_ids, prompt.media, prompt.kinds, job.params.adapter)
         self.prompt_tokens = len(prompt.prompt_ids)
-        self.rids: list[str] = []
         self.seqs: list[Sequence] = []
         self.finished = 0
-        self.rounds = 0
-        self.cached = 0
+        self.cached = None
         self.deltas: list[ChoiceDelta] = []  # (none: a search answers when done)
 
-    def start_round(self, engine) -> list[Sequence]:
+    @property
+    def rids(self) -> list[str]:
+        return self.expander.rids
+
+    def start_round(self) -> list[Sequence]:
         """Queue the live beams; raises what `add_request` raises (the first round: a prompt too long)."""
-        self.rounds += 1
-        self.rids, self.seqs, self.finished = [], [], 0
-        p = self.prompt
-        for i, tokens in enumerate(self.search.beams()):
-            self.rids.append(f"{self.handle.id}-beam{self.rounds}-{i}")
-            self.seqs += engine.add_request(self.rids[-1], p.prompt_ids + tokens, self.params, p.media, p.kinds)
-        if self.rounds == 1:
-            self.cached = self.seqs[0].num_cached_prefix
+        self.seqs, self.finished = self.expander.submit(self.search.beams(), self.search.k), 0
         return self.seqs
 
     def tops(self) -> list[list[tuple[int, float]]]:
-        if any(not s.logprobs for s in self.seqs):  # the engine gave up on one: it never got cache blocks
+        if self.cached is None:
+            self.cached = self.seqs[0].num_cached_prefix
+        try:
+            return self.expander.collect()
+        except RuntimeError:  # the engine gave up on one: it never got cache blocks
             raise APIError(400, f"a beam search of {self.search.width} beams does not fit the KV cache beside the "
-                                "other requests; ask for fewer beams (n) or a shorter prompt", "n")
-        return [s.logprobs[0][1] for s in self.seqs]
+                                "other requests; ask for fewer beams (n) or a shorter prompt", "n") from None
 
     def result(self) -> Finished:
         choices = []
@@ -141,7 +137,7 @@ class _BeamActive:
                            finish_reason=h.finish_reason, status=Status.FINISHED)
             choices.append(self.job.make_choice(seq, i).result())
         return Finished(choices, Usage(self.prompt_tokens, sum(len(h.tokens) for h in self.search.finished),
-                                       self.cached))
+                                       self.cached or 0))
 
 
 def _answer(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -344,11 +340,11 @@ class EngineLoop:
     def _add_beam(self, handle: RequestHandle, job: Job) -> None:
         active = None
         try:
-            active = _BeamActive(handle, job, self.engine.max_model_len - len(job.prompts[0].prompt_ids))
-            seqs = active.start_round(self.engine)
+            active = _BeamActive(handle, job, self.engine, self.engine.max_model_len - len(job.prompts[0].prompt_ids))
+            seqs = active.start_round()
         except Exception as e:
-            for rid in active.rids if active is not None else []:
-                self.engine.abort(rid)
+            if active is not None:
+                active.expander.close()
             if isinstance(e, UnknownAdapterError):
                 err = APIError(404, str(e), "model", "model_not_found")
             elif isinstance(e, ValueError):
@@ -367,15 +363,13 @@ class EngineLoop:
 
     def _beam_round(self, active: _BeamActive, now: float) -> Finished | Failed | None:
         """A round of `active` is done: advance its search, then queue the next round (None) or answer."""
-        for rid in active.rids:
-            self.engine.requests.pop(rid, None)
         for s in active.seqs:
             self._by_seq.pop(s.seq_id, None)
         event: Finished | Failed | None = None
         try:
             active.search.advance(active.tops())
             if active.search.beams() is not None:
-                for s in active.start_round(self.engine):
+                for s in active.start_round():
                     self._by_seq[s.seq_id] = active
                 return None
             event = active.result()
@@ -384,8 +378,7 @@ class EngineLoop:
         except Exception:
             log.exception("beam search of request %s failed", active.handle.id)
             event = Failed(APIError(500, "internal error during the beam search; the request was aborted"))
-        for rid in active.rids:  # (a round that failed to queue in full)
-            self.engine.abort(rid)
+        active.expander.close()  # the last round's blocks
         self._active.pop(active.handle.id, None)
         active.handle.done = True
         self.metrics.e2e.observe(now - active.handle.arrival)
