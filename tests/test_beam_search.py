@@ -103,6 +103,18 @@ def test_forked_beams_equal_recomputed_ones(setup, kv_cache_dtype):
     assert np.allclose([h.score for h in runs[0]], [h.score for h in runs[1]], atol=1e-5)
 
 
+def test_forks_fit_a_cache_too_small_for_copies_of_the_prompt(setup):
+    """Forks share the prompt's blocks: beams of a prompt filling most of the KV cache still run, and find what a
+    large cache finds."""
+    llm, _, _ = setup
+    msgs = [{"role": "user", "content": " ".join(["word"] * 35)}]
+    small = qwen3vl.LLM(llm.path, num_blocks=16, block_size=16)
+    assert len(small.prepare(msgs).input_ids) > 10 * 16  # the prompt alone needs 11 of the 16 blocks
+    got = small.beam_search(msgs, beam_width=3, max_tokens=4)
+    want = llm.beam_search(msgs, beam_width=3, max_tokens=4)
+    assert [c.token_ids for c in got.choices] == [c.token_ids for c in want.choices]
+
+
 def test_beam_search_finds_what_greedy_misses():
     """On a toy chain where the greedy first step leads to poor continuations, two beams find the better path, and
     the scores are the summed log-probabilities over length ** length_penalty."""

@@ -70,8 +70,10 @@ class BlockManager:
         return block
 
     def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
-        """Whether blocks for seq's first `num_tokens` tokens fit (ignoring prefix hits, so it is conservative)."""
-        return self.blocks_needed(num_tokens) - len(seq.block_table) <= self.num_free
+        """Whether blocks for seq's first `num_tokens` tokens fit (ignoring prefix hits, so it is conservative; a
+        fork's shared blocks are its already)."""
+        have = len(seq.block_table) or (seq.fork[1] // self.block_size if seq.fork is not None else 0)
+        return self.blocks_needed(num_tokens) - have <= self.num_free
 
     def allocate(self, seq: Sequence, num_tokens: int) -> None:
         """Give a waiting sequence blocks for its first `num_tokens` tokens, reusing cached prefix blocks.
