@@ -219,29 +219,51 @@ class LLM:
             out.append(m)
         return out
 
-    def prepare(self, messages: Any, tools: Any = None, add_vision_id: bool = False):
-        return self.processor.prepare(self._with_media_defaults(messages), add_generation_prompt=True, tools=tools,
-                                      add_vision_id=add_vision_id)
+    def prepare(self, messages: Any, tools: Any = None, add_vision_id: bool = False, *,
+                add_generation_prompt: bool | None = None, continue_final_message: bool = False):
+        """The prompt: the chat rendered with the generation prompt (an assistant turn opened), or, with
+        `continue_final_message=True`, ending inside the final message so the answer continues it (a prefill, as
+        transformers and vLLM do; `add_generation_prompt` then defaults to False)."""
+        if add_generation_prompt is None:
+            add_generation_prompt = not continue_final_message
+        return self.processor.prepare(self._with_media_defaults(messages), add_generation_prompt=add_generation_prompt,
+                                      tools=tools, add_vision_id=add_vision_id,
+                                      continue_final_message=continue_final_message)
 
     def submit(self, messages: Any, tools: Any = None, add_vision_id: bool = False,
-               request_id: str | None = None, **sampling) -> tuple[str, list[Sequence], int]:
+               request_id: str | None = None, add_generation_prompt: bool | None = None,
+               continue_final_message: bool = False, **sampling) -> tuple[str, list[Sequence], int]:
         """Queue one conversation in the engine (no stepping); returns (request id, sequences, prompt length)."""
         params = self.sampling_params(**sampling)
-        prepared = self.prepare(messages, tools, add_vision_id)
+        prepared = self.prepare(messages, tools, add_vision_id, add_generation_prompt=add_generation_prompt,
+                                continue_final_message=continue_final_message)
         media, kinds = media_items(prepared)
         rid = request_id or f"req-{next(_request_ids)}"
         seqs = self.engine.add_request(rid, prepared.input_ids, params, media, kinds)
         return rid, seqs, len(prepared.input_ids)
+
+    def reasoning_open(self, prompt_ids: list[int]) -> bool:
+        """Whether what the model writes after this prompt starts as reasoning: a Thinking model's prompt whose last
+        turn is an assistant turn with `<think>` opened and not closed (the generation prompt; or an assistant
+        message continued inside its reasoning). An answer continued after `</think>` is answer from the start."""
+        if not self.thinking:
+            return False
+        start = self.tokenizer.token_to_id("<|im_start|>")
+        last = len(prompt_ids) - 1 - prompt_ids[::-1].index(start) if start in prompt_ids else 0
+        turn = self.tokenizer.decode(prompt_ids[last:])
+        return turn.startswith("<|im_start|>assistant") and turn.rfind("<think>") > turn.rfind("</think>")
 
     def finish_choice(self, seq: Sequence, tools: Any) -> Choice:
         raw = self._decode(seq.output_ids)
         if seq.stop_text is not None and seq.stop_text in raw:
             raw = raw[:raw.index(seq.stop_text)]
         return self._choice(raw, list(seq.output_ids), seq.finish_reason or "length", tools,
+                            self.reasoning_open(seq.prompt_ids),
                             logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None)
 
-    def _choice(self, raw: str, token_ids: list[int], finish_reason: str, tools: Any, **extra) -> Choice:
-        parsed: ParsedOutput = parse_output(raw, self.thinking, parse_tools=bool(tools) or TOOL_OPEN in raw)
+    def _choice(self, raw: str, token_ids: list[int], finish_reason: str, tools: Any, thinking: bool,
+                **extra) -> Choice:
+        parsed: ParsedOutput = parse_output(raw, thinking, parse_tools=bool(tools) or TOOL_OPEN in raw)
         return Choice(text=parsed.content, token_ids=token_ids, reasoning=parsed.reasoning,
                       tool_calls=parsed.tool_calls, finish_reason=finish_reason,
                       tool_call_error=parsed.tool_call_error, raw_text=raw, **extra)
@@ -254,6 +276,8 @@ class LLM:
     # ------------------------------------------------------------------ public API
     def chat(self, messages: Any, *, tools: Any = None, add_vision_id: bool = False, tool_choice: str | None = None,
              **sampling) -> ChatResult:
+        """One conversation's answer. Besides sampling: `continue_final_message=True` continues the final message
+        instead of opening a new turn (a prefilled answer; `prepare`)."""
         return self.chat_batch([messages], tools=tools, add_vision_id=add_vision_id, tool_choice=tool_choice,
                                **sampling)[0]
 
@@ -290,11 +314,12 @@ class LLM:
     def chat_batch(self, conversations: list[Any], *, tools: Any = None, add_vision_id: bool = False,
                    progress: bool = False, tool_choice: str | None = None, **sampling) -> list[ChatResult]:
         """Run many conversations at once through the engine (continuous batching)."""
+        template, sampling = _template_options(sampling)
         tools, sampling = self._tool_choice(tools, tool_choice, sampling)
         submitted = []
         try:
             for messages in conversations:
-                submitted.append(self.submit(messages, tools, add_vision_id, **sampling))
+                submitted.append(self.submit(messages, tools, add_vision_id, **template, **sampling))
             bar = None
             if progress:
                 from tqdm import tqdm
@@ -320,7 +345,8 @@ class LLM:
     def beam_search(self, messages: Any, *, beam_width: int = 4, n: int | None = None, max_tokens: int | None = None,
                     length_penalty: float = 1.0, early_stopping: bool | str = False,
                     stop_token_ids: list[int] | None = None, tools: Any = None, add_vision_id: bool = False,
-                    adapter: str | None = None) -> ChatResult:
+                    adapter: str | None = None, add_generation_prompt: bool | None = None,
+                    continue_final_message: bool = False) -> ChatResult:
         """The `n` (default: all `beam_width`) best hypotheses of a beam search, best first, each with its `score`;
         what transformers' `generate(num_beams=beam_width, num_return_sequences=n, do_sample=False, length_penalty=,
         early_stopping=)` returns (engine/beam.py). Candidates are scored on the model's raw distribution: no
@@ -341,7 +367,8 @@ class LLM:
             raise ValueError(f"beam_width {beam_width} needs {k} candidates per beam ({len(ends)} end tokens); at most "
                              f"{MAX_LOGPROBS} are kept, so beam_width can be at most "
                              f"{MAX_LOGPROBS // candidates_per_beam(1, len(ends))}")
-        prepared = self.prepare(messages, tools, add_vision_id)
+        prepared = self.prepare(messages, tools, add_vision_id, add_generation_prompt=add_generation_prompt,
+                                continue_final_message=continue_final_message)
         media, kinds = media_items(prepared)
         prompt = list(prepared.input_ids)
         room = self.engine.max_model_len - len(prompt)
@@ -351,7 +378,8 @@ class LLM:
         limit = min(max_tokens or self.sampling_defaults.get("max_tokens", 256), room)
         expand = EngineExpander(self.engine, prompt, media, kinds, adapter)
         found = beam_search(expand, beam_width, limit, ends, length_penalty, early_stopping)[:n]
-        choices = [self._choice(self._decode(h.tokens), h.tokens, h.finish_reason, tools, score=h.score)
+        thinking = self.reasoning_open(prompt)
+        choices = [self._choice(self._decode(h.tokens), h.tokens, h.finish_reason, tools, thinking, score=h.score)
                    for h in found]
         return ChatResult(choices, Usage(len(prompt), sum(len(h.tokens) for h in found)), prompt)
 
@@ -360,8 +388,9 @@ class LLM:
         """Yield text deltas token by token (never splitting a character); the last delta of each choice has
         `finish_reason` and `tool_calls`, and the very last one `usage`. Joined, the deltas equal `chat`'s text
         and reasoning. Text that may start a stop string or a tool call is held back until it is known."""
+        template, sampling = _template_options(sampling)
         tools, sampling = self._tool_choice(tools, tool_choice, sampling)
-        rid, seqs, n_prompt = self.submit(messages, tools, add_vision_id, **sampling)
+        rid, seqs, n_prompt = self.submit(messages, tools, add_vision_id, **template, **sampling)
         states = [_StreamState(self, seq, tools) for seq in seqs]
         index = {s.seq_id: i for i, s in enumerate(seqs)}
         try:
@@ -378,6 +407,12 @@ class LLM:
         yield ChatDelta(usage=Usage(n_prompt, sum(len(s.output_ids) for s in seqs)))
 
 
+def _template_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the chat template's options (`add_generation_prompt`, `continue_final_message`) from sampling's."""
+    keys = ("add_generation_prompt", "continue_final_message")
+    return {k: kwargs[k] for k in keys if k in kwargs}, {k: v for k, v in kwargs.items() if k not in keys}
+
+
 class _StreamState:
     """Per-choice streaming: incremental detokenizing, hold-back of possible stop strings, the reasoning split,
     readable tool-call blocks taken out of the content as they complete (`ToolBlockFilter`), and a final
@@ -387,7 +422,7 @@ class _StreamState:
     def __init__(self, llm: LLM, seq: Sequence, tools: Any, parse_tools: bool = True):
         self.llm, self.seq, self.tools = llm, seq, tools
         self.decoder = llm.tokenizer.incremental_decoder(skip_special_tokens=True)
-        self.splitter = ReasoningSplitter(llm.thinking)
+        self.splitter = ReasoningSplitter(llm.reasoning_open(seq.prompt_ids))
         self.blocks = ToolBlockFilter(parse_tools)
         self.hold = max(seq.params.longest_stop - 1, 0)
         self.emitted = 0

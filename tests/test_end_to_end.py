@@ -11,6 +11,7 @@ from PIL import Image
 import qwen3vl
 from fixtures.processing.references import hf_processor, unpatchify, write_video
 from qwen3vl.model.testing import write_tiny_model
+from qwen3vl.processing.chat_template import builtin_template
 
 
 @pytest.fixture(scope="module", params=["dense", "moe"])
@@ -77,3 +78,42 @@ def test_llm_greedy_equals_transformers_generate(setup):
     with torch.no_grad():
         out = ref.generate(**ref_inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert res.token_ids == out[0, ref_inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_continue_final_message_equals_transformers_generate(setup):
+    """A prefilled answer (`continue_final_message=True`): the prompt transformers' processor builds, and the greedy
+    continuation its generate writes; the answer holds only the continuation."""
+    folder, ref, _, hf = setup
+    llm = qwen3vl.LLM(folder, kv_cache_gb=0.05)
+    img = _img(64, 96, 5)
+    msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Where?"}]},
+            {"role": "assistant", "content": '[{"bbox_2d": ['}]
+    res = llm.chat(msgs, max_tokens=6, temperature=0, ignore_eos=True, continue_final_message=True)
+    text = hf.tokenizer.apply_chat_template(msgs, chat_template=builtin_template("instruct"), tokenize=False,
+                                            continue_final_message=True)
+    assert text.endswith('[{"bbox_2d": [') and res.prompt_token_ids == hf(
+        text=[text], images=[img], return_tensors="pt")["input_ids"][0].tolist()
+    ref_inputs = hf(text=[text], images=[img], return_tensors="pt")
+    with torch.no_grad():
+        out = ref.generate(**ref_inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert res.token_ids == out[0, ref_inputs["input_ids"].shape[1]:].tolist()
+    streamed = "".join(d.text for d in llm.chat_stream(msgs, max_tokens=6, temperature=0, ignore_eos=True,
+                                                        continue_final_message=True))
+    assert streamed == res.text
+    with pytest.raises(ValueError, match="cannot both be set"):
+        llm.chat(msgs, continue_final_message=True, add_generation_prompt=True)
+
+
+def test_reasoning_open_follows_the_prompt(tmp_path):
+    """A Thinking model's answer starts as reasoning after the generation prompt's `<think>`, or inside a continued
+    reasoning; after a continued answer (past `</think>`) it is answer; an Instruct model never reasons."""
+    folder = write_tiny_model(tmp_path / "thinking", chat_template="thinking")
+    llm = qwen3vl.LLM(folder, kv_cache_gb=0.05)
+    user = {"role": "user", "content": "2+2?"}
+    assert llm.reasoning_open(llm.prepare([user]).input_ids)
+    answer = {"role": "assistant", "content": "It is", "reasoning_content": "add"}
+    assert not llm.reasoning_open(llm.prepare([user, answer], continue_final_message=True).input_ids)
+    thinking = {"role": "assistant", "content": "<think>\nFirst I"}
+    prompt = llm.prepare([user, thinking], continue_final_message=True).input_ids
+    assert llm.tokenizer.decode(prompt).endswith("First I") and llm.reasoning_open(prompt)
+    assert not llm.reasoning_open(llm.prepare([user, answer], add_generation_prompt=False).input_ids)

@@ -17,6 +17,7 @@ from qwen3vl.processing.chat_template import (
     matches_builtin,
     render_template,
 )
+from qwen3vl.processing.errors import MessageFormatError
 from qwen3vl.processing.messages import normalize_messages
 
 WEATHER = {
@@ -315,3 +316,63 @@ def test_processor_picks_format_from_the_shipped_template(tmp_path, caplog):
     bare = tmp_path / "Qwen3-VL-2B-Thinking"
     write_tiny_checkpoint(bare, chat_template=None)
     assert load_processor(bare).chat_format == "thinking"
+
+
+CONTINUED = {
+    "assistant_prefill": [{"role": "user", "content": [IMG, _t("Where is the cat?")]},
+                          {"role": "assistant", "content": '[{"bbox_2d": ['}],
+    "trailing_space": [{"role": "user", "content": "Finish the sentence."},
+                       {"role": "assistant", "content": "The quick brown "}],
+    "trailing_newline": [{"role": "user", "content": "List two."}, {"role": "assistant", "content": "1. one\n"}],
+    "assistant_parts": [{"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": [_t("Hello"), _t(", I am")]}],
+    "after_tools": [{"role": "user", "content": "Weather?"},
+                    {"role": "assistant", "content": "", "tool_calls": [
+                        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+                    {"role": "tool", "content": "rain"}, {"role": "assistant", "content": "In Oslo it is"}],
+    "thinking_history": [{"role": "user", "content": "2+2?"},
+                         {"role": "assistant", "content": "4", "reasoning_content": "add"},
+                         {"role": "user", "content": "and 3+3?"},
+                         {"role": "assistant", "content": "It is", "reasoning_content": "add again"}],
+    "user_text": [{"role": "user", "content": [IMG, _t("Describe the")]}],
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(CONTINUED))
+def test_continue_final_message_equals_transformers(hf_tokenizer, name, fmt):
+    """A prefilled final message: our renderer and the official template in the sandbox cut where transformers'
+    apply_chat_template(continue_final_message=True) cuts, to the character."""
+    msgs = normalize_messages(CONTINUED[name])
+    tools = [WEATHER] if name == "after_tools" else None
+    ref = hf_tokenizer.apply_chat_template(msgs, chat_template=builtin_template(fmt), tokenize=False,
+                                           add_generation_prompt=False, continue_final_message=True, tools=tools)
+    ours = render(msgs, fmt, tools, False, False, continue_final_message=True)
+    assert ours.text == ref
+    assert render_template(builtin_template(fmt), msgs, tools, continue_final_message=True) == ref
+    assert not ours.text.endswith("<|im_end|>\n")  # (the turn stays open)
+
+
+def test_continue_final_message_errors():
+    msgs = normalize_messages([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}])
+    with pytest.raises(ValueError, match="cannot both be set"):
+        render(msgs, "instruct", None, True, False, continue_final_message=True)
+    only_media = normalize_messages([{"role": "user", "content": [IMG]}])
+    with pytest.raises(MessageFormatError, match="message 0: continue_final_message is set, but the final message "
+                                                  "has no text"):
+        render(only_media, "instruct", None, False, False, continue_final_message=True)
+    # the Instruct template drops a system message after the first: nothing of it is left to continue
+    late_system = normalize_messages([{"role": "user", "content": "Hi"}, {"role": "system", "content": "Be"}])
+    with pytest.raises(MessageFormatError, match="does not show the final message's text"):
+        render(late_system, "instruct", None, False, False, continue_final_message=True)
+
+
+def test_continue_final_message_with_a_template_that_trims(hf_tokenizer):
+    """A checkpoint template that trims message text (so the space after the marker is gone) is cut and
+    right-stripped where transformers cuts it."""
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    msgs = normalize_messages([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Well,  "}])
+    ref = hf_tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=False, continue_final_message=True)
+    assert render_template(template, msgs, continue_final_message=True) == ref
+    assert ref.endswith("assistant\nWell,")

@@ -414,7 +414,8 @@ def test_tokenize_and_detokenize(server, client, reference):
     assert large["tokens"].count(image_pad) > plain["tokens"].count(image_pad) > 0
     # errors name what is wrong
     for route, body, message in (
-            ("/tokenize", {"messages": messages, "add_generation_prompt": False}, "add_generation_prompt"),
+            ("/tokenize", {"messages": messages, "add_generation_prompt": True, "continue_final_message": True},
+             "add_generation_prompt"),
             ("/tokenize", {"messages": image_message("Hi", "data:image/png;base64,AAAA")}, "image"),
             ("/tokenize", {"prompt": 5}, "prompt"),
             ("/detokenize", {"tokens": [1, 10**9]}, "is not a token id"),
@@ -483,3 +484,23 @@ def test_beam_search(server, client, reference):
     resp = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": ["a", "b"],
                                                             "use_beam_search": True})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "prompt"
+
+
+def test_continue_final_message(server, client, reference):
+    """vLLM's `continue_final_message` (extra_body): the answer continues a prefilled assistant message, as the
+    Python API continues it; /tokenize counts that prompt; add_generation_prompt: false alone leaves the turn out."""
+    messages = image_message("Where is it?", png_data_uri(2)) + [{"role": "assistant", "content": "It is at"}]
+    want = reference.chat(messages, max_tokens=5, temperature=0, continue_final_message=True)
+    got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0,
+                                         extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    assert got.choices[0].message.content == want.text and got.usage.prompt_tokens == len(want.prompt_token_ids)
+    counted = httpx.post(server.url + "/tokenize", json={"messages": messages, "continue_final_message": True}).json()
+    assert counted["tokens"] == want.prompt_token_ids
+    assert reference.tokenizer.decode(counted["tokens"]).endswith("<|im_start|>assistant\nIt is at")
+    bare = httpx.post(server.url + "/tokenize", json={"messages": messages, "add_generation_prompt": False}).json()
+    assert reference.tokenizer.decode(bare["tokens"]).endswith("It is at<|im_end|>\n")
+    for extra, param in (({"continue_final_message": True, "add_generation_prompt": True}, "add_generation_prompt"),
+                         ({"continue_final_message": True, "tools": [{"type": "function", "function": {"name": "f"}}],
+                           "tool_choice": "required"}, "tool_choice")):
+        resp = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": messages, **extra})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text

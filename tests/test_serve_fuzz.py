@@ -65,6 +65,7 @@ COMMON = {
     "ignore_eos": st.booleans() | anything,
     "use_beam_search": st.booleans() | anything, "length_penalty": number,
     "early_stopping": st.sampled_from([True, False, "never", "x"]) | anything,
+    "continue_final_message": st.booleans() | anything, "add_generation_prompt": st.booleans() | st.none() | anything,
 }
 # JSON-schema-like values: valid, unsupported (patterns with lookaround), unsatisfiable, cyclic ($ref "#"), malformed
 schema_like = st.recursive(

@@ -233,9 +233,18 @@ def render(
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = False,
     add_vision_id: bool = False,
+    continue_final_message: bool = False,
 ) -> RenderedChat:
-    """Render normalised messages (see `messages.normalize_messages`) in the given format."""
+    """Render normalised messages (see `messages.normalize_messages`) in the given format.
+
+    `continue_final_message=True` ends the text inside the final message, right after its (last) text, so the model
+    continues it (a prefilled answer): transformers' `apply_chat_template(continue_final_message=True)`."""
     _check_text(messages)
+    if continue_final_message:
+        if add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be set: one continues the "
+                             "final message, the other opens a new assistant turn after it")
+        messages, final = tag_final_message(messages)
     b = _Builder(messages, add_vision_id)
     if chat_format == "instruct":
         _render_instruct(b, tools, add_generation_prompt)
@@ -243,7 +252,60 @@ def render(
         _render_thinking(b, tools, add_generation_prompt)
     else:
         raise ValueError(f"unknown chat format {chat_format!r}; expected 'instruct' or 'thinking'")
-    return b.finish()
+    out = b.finish()
+    if continue_final_message:
+        out = _cut(out, continued_length(out.text, final, len(messages) - 1, chat_format))
+    return out
+
+
+# ---- continue_final_message ------------------------------------------------------------------------------------
+# As transformers does it: a marker after the final message's last text, the chat rendered, the text cut where the
+# marker landed (and, where the template trimmed the space after it, right-stripped), so cuts agree to the character.
+CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def tag_final_message(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """A copy of `messages` whose final message's last text ends with the marker; and that text as it was."""
+    if not messages:
+        raise MessageFormatError("continue_final_message needs a message to continue")
+    i, last = len(messages) - 1, dict(messages[-1])
+    content = last["content"]
+    if isinstance(content, str):
+        final, last["content"] = content, content + CONTINUE_TAG
+    else:
+        j = next((j for j in range(len(content) - 1, -1, -1) if content[j].get("type") == "text"), None)
+        if j is None:
+            raise MessageFormatError(f"{where(i, None)}: continue_final_message is set, but the final message has "
+                                     "no text to continue")
+        final = content[j]["text"]
+        last["content"] = content[:j] + [{**content[j], "text": final + CONTINUE_TAG}] + content[j + 1:]
+    return messages[:-1] + [last], final
+
+
+def continued_length(text: str, final: str, i: int, chat_format: str) -> int:
+    """Where a chat rendered from `tag_final_message`'s messages is cut."""
+    mark = CONTINUE_TAG.strip()
+    if final.strip() not in text or mark not in text:
+        raise MessageFormatError(f"{where(i, None)}: continue_final_message is set, but the {chat_format} chat "
+                                 "format does not show the final message's text")
+    at = text.rindex(mark)
+    return at if text[at:at + len(CONTINUE_TAG)] == CONTINUE_TAG else len(text[:at].rstrip())
+
+
+def _cut(rendered: RenderedChat, length: int) -> RenderedChat:
+    """The rendered chat up to `length` characters of its text (media after the cut are dropped)."""
+    chunks: list[tuple[str, int | None, int | None]] = []
+    pos = 0
+    for text, target, media in rendered.chunks:
+        piece = _placeholder(rendered.media[media].kind) if media is not None else text
+        if pos + len(piece) > length:
+            if media is None and length > pos:
+                chunks.append((text[:length - pos], target, None))
+            break
+        chunks.append((text, target, media))
+        pos += len(piece)
+    kept = [m for _, _, m in chunks if m is not None]
+    return RenderedChat(chunks, rendered.media[:len(kept)], rendered.dropped + rendered.media[len(kept):])
 
 
 # ---- Instruct --------------------------------------------------------------------------------------------------

@@ -86,15 +86,25 @@ def render_template(
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = False,
     add_vision_id: bool = False,
+    continue_final_message: bool = False,
     **extra: Any,
 ) -> str:
     """Render a chat template in the sandbox. Pass normalised messages (media parts keep their keys; the
-    templates only test for them)."""
+    templates only test for them). `continue_final_message` as in `chat.render`."""
+    from qwen3vl.processing.chat import continued_length, tag_final_message
+
+    if continue_final_message:
+        if add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be set")
+        messages, final = tag_final_message(messages)
     compiled = _environment().from_string(template)
-    return compiled.render(
+    text = compiled.render(
         messages=messages,
         tools=tools,
         add_generation_prompt=add_generation_prompt,
         add_vision_id=add_vision_id,
         **extra,
     )
+    if continue_final_message:
+        text = text[:continued_length(text, final, len(messages) - 1, "checkpoint's")]
+    return text

@@ -98,11 +98,14 @@ class Processor:
 
     # -- text ----------------------------------------------------------------------------------------------------
     def render(
-        self, messages: Any, *, add_generation_prompt: bool = True, tools: Any = None, add_vision_id: bool = False
+        self, messages: Any, *, add_generation_prompt: bool = True, tools: Any = None, add_vision_id: bool = False,
+        continue_final_message: bool = False,
     ) -> chat.RenderedChat:
-        """Validated, rendered conversation (text, media slots, target spans)."""
+        """Validated, rendered conversation (text, media slots, target spans). `continue_final_message=True` ends
+        inside the final message (pass `add_generation_prompt=False` with it), as transformers does."""
         msgs = normalize_messages(messages)
-        return chat.render(msgs, self.chat_format, normalize_tools(tools), add_generation_prompt, add_vision_id)
+        return chat.render(msgs, self.chat_format, normalize_tools(tools), add_generation_prompt, add_vision_id,
+                           continue_final_message)
 
     def render_text(
         self,
@@ -112,6 +115,7 @@ class Processor:
         tools: Any = None,
         add_vision_id: bool = False,
         use_checkpoint_template: bool = False,
+        continue_final_message: bool = False,
     ) -> str:
         """The prompt as text, media as the template's one-token placeholders.
 
@@ -127,9 +131,11 @@ class Processor:
                 normalize_tools(tools),
                 add_generation_prompt,
                 add_vision_id,
+                continue_final_message,
             )
         return self.render(
-            messages, add_generation_prompt=add_generation_prompt, tools=tools, add_vision_id=add_vision_id
+            messages, add_generation_prompt=add_generation_prompt, tools=tools, add_vision_id=add_vision_id,
+            continue_final_message=continue_final_message,
         ).text
 
     # -- media ---------------------------------------------------------------------------------------------------
@@ -162,11 +168,13 @@ class Processor:
         tools: Any = None,
         add_vision_id: bool = False,
         train_on: TrainOn = "all",
+        continue_final_message: bool = False,
     ) -> Prepared:
         """Tokenised conversation with processed media. For training pass `add_generation_prompt=False`;
         `train_on="last"` keeps only the final assistant turn in the loss mask."""
         rendered = self.render(
-            messages, add_generation_prompt=add_generation_prompt, tools=tools, add_vision_id=add_vision_id
+            messages, add_generation_prompt=add_generation_prompt, tools=tools, add_vision_id=add_vision_id,
+            continue_final_message=continue_final_message,
         )
         for ref in rendered.dropped:
             logger.warning(
@@ -243,11 +251,13 @@ class Processor:
         tools: Any = None,
         add_vision_id: bool = False,
         return_mm_token_type_ids: bool = False,
+        continue_final_message: bool = False,
     ) -> dict[str, torch.Tensor]:
         """One conversation or a list of them -> the keyword tensors of the model's `forward`."""
         conversations = messages if is_batch(messages) else [messages]
         prepared = [
-            self.prepare(c, add_generation_prompt=add_generation_prompt, tools=tools, add_vision_id=add_vision_id)
+            self.prepare(c, add_generation_prompt=add_generation_prompt, tools=tools, add_vision_id=add_vision_id,
+                         continue_final_message=continue_final_message)
             for c in conversations
         ]
         return self.collate(prepared, return_mm_token_type_ids=return_mm_token_type_ids)

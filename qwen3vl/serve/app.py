@@ -262,9 +262,6 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         tool_choice prefill, response_format notes, image and video pads at the server's media budget)."""
         body = await read_json(request, max_body)
         if isinstance(body, dict) and "messages" in body:
-            if body.get("add_generation_prompt", True) is not True:
-                raise bad_request("add_generation_prompt: only true is supported (the chat is counted as a chat "
-                                  "completion would run it)", "add_generation_prompt")
             _, _, build = chat_request({**body, "stream": False}, check_length=False)
             try:  # the media are read and decoded in `build`
                 return await on_side_pool(lambda: _tokens_response(llm, build().prompts[0].prompt_ids, False))

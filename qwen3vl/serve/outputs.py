@@ -147,6 +147,7 @@ class ChatChoice:
     def __init__(self, llm: LLM, seq: Sequence, index: int, spec: ChatSpec, stream: bool):
         self.llm, self.seq, self.index, self.spec = llm, seq, index, spec
         self.stream = stream
+        self.thinking = llm.reasoning_open(seq.prompt_ids)  # the answer starts as reasoning
         self.state = (_StreamState(llm, seq, spec.tools, parse_tools=not spec.tool_choice_none)
                       if stream and spec.prefix is None else None)
         self.cursor = _LogprobCursor(seq) if spec.logprobs else None
@@ -194,7 +195,7 @@ class ChatChoice:
         if tag < 0:
             return []
         self._tag_end = safe.index(">", tag) + 1
-        calls, self._block_end = completed_tool_calls(safe, self.llm.thinking, self._block_end)
+        calls, self._block_end = completed_tool_calls(safe, self.thinking, self._block_end)
         if not self.spec.parallel_tool_calls:
             calls = calls[:1]
         new = openai_tool_calls(calls)
@@ -204,7 +205,7 @@ class ChatChoice:
 
     def reasoning_tokens(self) -> int:
         """A Thinking model's output tokens up to and including its `</think>` (all of them if it never wrote it)."""
-        if not self.llm.thinking:
+        if not self.thinking:
             return 0
         ids = list(self.seq.output_ids)
         end = self.llm.tokenizer.token_to_id(THINK_END)
@@ -223,7 +224,7 @@ class ChatChoice:
             else:
                 text, calls = spec.prefix + choice.raw_text, []
         elif spec.tool_choice_none and calls:
-            text, calls = parse_output(choice.raw_text, llm.thinking, False).content, []
+            text, calls = parse_output(choice.raw_text, self.thinking, False).content, []
         if calls and not spec.parallel_tool_calls:
             calls = calls[:1]
         reason = choice.finish_reason

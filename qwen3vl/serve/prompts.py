@@ -182,9 +182,10 @@ def chat_job(llm: LLM, req: ChatCompletionRequest, raw_tools: list[dict[str, Any
                     logprobs=req.logprobs)
     stream, add_vision_id = req.stream, req.add_vision_id
     beam = beam_spec(llm, req, params)
+    template = {"add_generation_prompt": req.add_generation_prompt, "continue_final_message": req.continue_final_message}
 
     def build() -> Job:
-        prepared = llm.prepare(messages, tools, add_vision_id)
+        prepared = llm.prepare(messages, tools, add_vision_id, **template)
         ids = list(prepared.input_ids)
         if prefix:
             ids += llm.tokenizer.encode(prefix)

@@ -191,6 +191,9 @@ class ChatCompletionRequest(_Sampling):
     fps: Annotated[float, Field(gt=0)] | None = None
     max_frames: PosInt | None = None
     add_vision_id: bool = False
+    # vLLM's chat template fields: continue the final message (a prefill) instead of opening a new assistant turn
+    continue_final_message: bool = False
+    add_generation_prompt: bool | None = None  # None: not continue_final_message
 
     def sampling(self) -> dict[str, Any]:
         out = super().sampling()
@@ -202,6 +205,14 @@ class ChatCompletionRequest(_Sampling):
 
     def check(self) -> None:
         self.check_beam()
+        if self.continue_final_message and self.add_generation_prompt:
+            raise bad_request("continue_final_message and add_generation_prompt cannot both be true: one continues "
+                              "the final message, the other opens a new assistant turn after it",
+                              "add_generation_prompt")
+        if self.continue_final_message and (self.tool_choice == "required"
+                                            or isinstance(self.tool_choice, NamedToolChoice)):
+            raise bad_request("tool_choice required or a named function cannot be combined with "
+                              "continue_final_message (a forced call opens an answer of its own)", "tool_choice")
         if self.use_beam_search and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)):
             raise bad_request("tool_choice required or a named function cannot be combined with use_beam_search "
                               "(a forced call constrains decoding; the search does not)", "tool_choice")
