@@ -303,49 +303,31 @@ class EngineLoop:
     def _add(self, handle: RequestHandle, job: Job) -> None:
         if handle.cancelled:
             return
-        if job.beam is not None:
-            self._add_beam(handle, job)
-            return
         rids = [handle.id] if len(job.prompts) == 1 else [f"{handle.id}-{k}" for k in range(len(job.prompts))]
         seqs: list[Sequence] = []
         queued = False
+        beam = None
         try:
-            for rid, p in zip(rids, job.prompts):
-                seqs += self.engine.add_request(rid, p.prompt_ids, job.params, p.media, p.kinds)
-            queued = True
-            # building the choices is our code too: if it fails the request fails, instead of waiting forever
-            active = _Active(handle, job, rids, seqs, sum(len(p.prompt_ids) for p in job.prompts))
+            if job.beam is not None:  # a beam search queues its rounds itself
+                beam = _BeamActive(handle, job, self.engine,
+                                   self.engine.max_model_len - len(job.prompts[0].prompt_ids))
+                seqs = beam.start_round()
+                active: _Active | _BeamActive = beam
+            else:
+                for rid, p in zip(rids, job.prompts):
+                    seqs += self.engine.add_request(rid, p.prompt_ids, job.params, p.media, p.kinds)
+                queued = True
+                # building the choices is our code too: if it fails the request fails, instead of waiting forever
+                active = _Active(handle, job, rids, seqs, sum(len(p.prompt_ids) for p in job.prompts))
         except Exception as e:
+            if beam is not None:
+                beam.expander.close()
             for rid in rids:
                 self.engine.abort(rid)
             if queued:
                 log.exception("could not set up the choices of request %s", handle.id)
                 err = APIError(500, "internal error while queueing the request")
             elif isinstance(e, UnknownAdapterError):  # unloaded between the model check and now
-                err = APIError(404, str(e), "model", "model_not_found")
-            elif isinstance(e, ValueError):
-                err = bad_request(str(e), "messages",
-                                  "context_length_exceeded" if isinstance(e, PromptTooLongError) else None)
-            else:
-                log.exception("could not add request %s", handle.id)
-                err = APIError(500, "internal error while queueing the request")
-            handle.done = True
-            handle.emit([Failed(err)])
-            return
-        self._active[handle.id] = active
-        for s in seqs:
-            self._by_seq[s.seq_id] = active
-        handle.emit([Admitted(active.prompt_tokens)])
-
-    def _add_beam(self, handle: RequestHandle, job: Job) -> None:
-        active = None
-        try:
-            active = _BeamActive(handle, job, self.engine, self.engine.max_model_len - len(job.prompts[0].prompt_ids))
-            seqs = active.start_round()
-        except Exception as e:
-            if active is not None:
-                active.expander.close()
-            if isinstance(e, UnknownAdapterError):
                 err = APIError(404, str(e), "model", "model_not_found")
             elif isinstance(e, ValueError):
                 err = bad_request(str(e), "messages",
