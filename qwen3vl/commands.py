@@ -199,6 +199,9 @@ def _beam_search(llm, messages: list[dict[str, Any]], args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from qwen3vl.processing.errors import MediaError, MessageFormatError
 
+    if args.beam_width is None and args.length_penalty != 1.0:
+        print("error: --length-penalty scores beams: give --beam-width too", file=sys.stderr)
+        return 2
     llm = build_llm(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append(user_message(args.prompt, args.image, args.video))

@@ -156,7 +156,7 @@ class LLM:
         self.engine = Engine(self.model, self.eos_token_ids, config, decode=self._decode,
                              runner=self._parallel.runner if self._parallel else None,
                              token_bytes=self.tokenizer.text_bytes, json_after=think_end,
-                             tool_call_ids=call_ids if tags else None)
+                             tool_call_ids=call_ids if tags else None, reasoning_open=self.reasoning_open)
         for name, path in (lora_modules or {}).items():
             try:
                 self.add_lora(name, path, revision=None)
@@ -314,7 +314,7 @@ class LLM:
     def chat_batch(self, conversations: list[Any], *, tools: Any = None, add_vision_id: bool = False,
                    progress: bool = False, tool_choice: str | None = None, **sampling) -> list[ChatResult]:
         """Run many conversations at once through the engine (continuous batching)."""
-        template, sampling = _template_options(sampling)
+        template, sampling = _template_options(sampling, tool_choice)
         tools, sampling = self._tool_choice(tools, tool_choice, sampling)
         submitted = []
         try:
@@ -351,8 +351,8 @@ class LLM:
         what transformers' `generate(num_beams=beam_width, num_return_sequences=n, do_sample=False, length_penalty=,
         early_stopping=)` returns (engine/beam.py). Candidates are scored on the model's raw distribution: no
         temperature, penalties or constraints. The end tokens are the checkpoint's EOS ids plus `stop_token_ids`;
-        `max_tokens` defaults as in `chat` and is capped by the context. Each step runs the live beams as one-token
-        requests whose shared prefix the prefix cache serves."""
+        `max_tokens` defaults as in `chat` and is capped by the context. Each round runs the live beams as
+        one-token requests, each forked from the beam it grew from (`EngineExpander`): a decode step per round."""
         from qwen3vl.engine.beam import EngineExpander, beam_search, candidates_per_beam
         from qwen3vl.engine.sampling import MAX_LOGPROBS
 
@@ -388,7 +388,7 @@ class LLM:
         """Yield text deltas token by token (never splitting a character); the last delta of each choice has
         `finish_reason` and `tool_calls`, and the very last one `usage`. Joined, the deltas equal `chat`'s text
         and reasoning. Text that may start a stop string or a tool call is held back until it is known."""
-        template, sampling = _template_options(sampling)
+        template, sampling = _template_options(sampling, tool_choice)
         tools, sampling = self._tool_choice(tools, tool_choice, sampling)
         rid, seqs, n_prompt = self.submit(messages, tools, add_vision_id, **template, **sampling)
         states = [_StreamState(self, seq, tools) for seq in seqs]
@@ -407,10 +407,20 @@ class LLM:
         yield ChatDelta(usage=Usage(n_prompt, sum(len(s.output_ids) for s in seqs)))
 
 
-def _template_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split the chat template's options (`add_generation_prompt`, `continue_final_message`) from sampling's."""
+def _template_options(kwargs: dict[str, Any], tool_choice: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the chat template's options (`add_generation_prompt`, `continue_final_message`) from sampling's. A
+    continued message cannot take a constraint: it would start a document (or a forced call) of its own after the
+    prefilled text instead of continuing it."""
     keys = ("add_generation_prompt", "continue_final_message")
-    return {k: kwargs[k] for k in keys if k in kwargs}, {k: v for k, v in kwargs.items() if k not in keys}
+    template, sampling = {k: kwargs[k] for k in keys if k in kwargs}, {k: v for k, v in kwargs.items() if k not in keys}
+    if template.get("continue_final_message"):
+        given = [k for k in ("json_mode", "json_schema", "regex", "choice") if sampling.get(k)]
+        if tool_choice not in (None, "auto", "none"):
+            given.append(f"tool_choice={tool_choice!r}")
+        if given:
+            raise ValueError(f"continue_final_message cannot be combined with {given[0]}: the constraint would start "
+                             "anew after the prefilled text instead of continuing it")
+    return template, sampling
 
 
 class _StreamState:

@@ -12,7 +12,8 @@ from PIL import Image
 
 import qwen3vl
 from fixtures.processing.references import hf_processor
-from qwen3vl.engine.beam import EngineExpander, beam_search
+from qwen3vl.engine.beam import BeamSearch, EngineExpander, beam_search
+from qwen3vl.engine.sampling import SamplingParams
 from qwen3vl.model.testing import write_tiny_model
 
 
@@ -113,6 +114,33 @@ def test_forks_fit_a_cache_too_small_for_copies_of_the_prompt(setup):
     got = small.beam_search(msgs, beam_width=3, max_tokens=4)
     want = llm.beam_search(msgs, beam_width=3, max_tokens=4)
     assert [c.token_ids for c in got.choices] == [c.token_ids for c in want.choices]
+
+
+def test_a_waiting_request_neither_blocks_a_search_nor_is_dropped(setup):
+    """A request that waits for the blocks a search holds lets the search's forks pass; it runs once the search has
+    ended and given them back (it is not given up on as one that could never run)."""
+    llm, _, _ = setup
+    small = qwen3vl.LLM(llm.path, num_blocks=16, block_size=16)
+    eng = small.engine
+    prompt = small.prepare([{"role": "user", "content": " ".join(["word"] * 35)}]).input_ids  # 11 of 16 blocks
+    search = BeamSearch(3, 4, end_ids=[])
+    expand = EngineExpander(eng, prompt)
+    expand.submit(search.beams(), search.k)
+    eng.run_until_done()
+    search.advance(expand.collect())
+    (plain,) = eng.add_request("plain", list(range(10, 106)), SamplingParams(max_tokens=3, temperature=0,
+                                                                                ignore_eos=True))  # 6 blocks
+    while (beams := search.beams()) is not None:
+        expand.submit(beams, search.k)
+        while any(s.finish_reason is None for s in expand.seqs):
+            eng.step()
+        search.advance(expand.collect())
+    expand.close()
+    assert plain.finish_reason is None  # still waiting: the search held the blocks it needs
+    eng.run_until_done()
+    assert plain.finish_reason == "length" and len(plain.output_ids) == 3
+    assert [h.tokens for h in search.finished] == [c.token_ids for c in small.beam_search(
+        [{"role": "user", "content": " ".join(["word"] * 35)}], beam_width=3, max_tokens=4).choices]
 
 
 def test_beam_search_finds_what_greedy_misses():

@@ -117,3 +117,10 @@ def test_reasoning_open_follows_the_prompt(tmp_path):
     prompt = llm.prepare([user, thinking], continue_final_message=True).input_ids
     assert llm.tokenizer.decode(prompt).endswith("First I") and llm.reasoning_open(prompt)
     assert not llm.reasoning_open(llm.prepare([user, answer], add_generation_prompt=False).input_ids)
+    # a constraint on an answer that does not start in reasoning applies from its first token
+    res = llm.chat([user, answer], add_generation_prompt=False, json_mode=True, max_tokens=8, temperature=0)
+    assert res.text.lstrip().startswith("{") and not res.reasoning
+    for bad in ({"json_mode": True}, {"regex": "[0-9]+"}, {"tool_choice": "required", "tools": [
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}):
+        with pytest.raises(ValueError, match="continue_final_message cannot be combined with"):
+            llm.chat([user, answer], continue_final_message=True, **bad)

@@ -484,6 +484,9 @@ def test_beam_search(server, client, reference):
     resp = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": ["a", "b"],
                                                             "use_beam_search": True})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "prompt"
+    resp = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "a", "logprobs": 0,
+                                                            "use_beam_search": True})  # (0 asks for logprobs too)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "logprobs"
 
 
 def test_continue_final_message(server, client, reference):
@@ -501,6 +504,9 @@ def test_continue_final_message(server, client, reference):
     assert reference.tokenizer.decode(bare["tokens"]).endswith("It is at<|im_end|>\n")
     for extra, param in (({"continue_final_message": True, "add_generation_prompt": True}, "add_generation_prompt"),
                          ({"continue_final_message": True, "tools": [{"type": "function", "function": {"name": "f"}}],
-                           "tool_choice": "required"}, "tool_choice")):
+                           "tool_choice": "required"}, "tool_choice"),
+                         ({"continue_final_message": True, "response_format": {"type": "json_object"}},
+                          "response_format"),
+                         ({"continue_final_message": True, "guided_regex": "[0-9]+"}, "guided_regex")):
         resp = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": messages, **extra})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text

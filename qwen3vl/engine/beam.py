@@ -133,6 +133,7 @@ class EngineExpander:
         self.rids: list[str] = []  # the current round's requests (their blocks kept to fork from)
         self.seqs: list[Any] = []
         self._by_tokens: dict[tuple[int, ...], Any] = {}
+        self._adapter_id: int | None = None  # the first round's adapter load, kept by every later round
 
     def submit(self, beams: list[list[int]], k: int) -> list[Any]:
         from qwen3vl.engine.sampling import SamplingParams
@@ -145,7 +146,9 @@ class EngineExpander:
                 parent = parents.get(tuple(tokens[:-1])) if tokens and self.forks else None
                 self.rids.append(f"beam-{next(_rids)}")
                 self.seqs += self.engine.add_request(self.rids[-1], self.prompt + tokens, params, self.media,
-                                                     self.kinds, fork_from=parent, keep_blocks=self.forks)
+                                                     self.kinds, fork_from=parent, keep_blocks=self.forks,
+                                                     adapter_id=self._adapter_id)
+                self._adapter_id = self.seqs[-1].adapter_id
         finally:
             for rid in old:  # the parents: each fork holds what it needs of them
                 self.engine.abort(rid)

@@ -57,13 +57,17 @@ class Engine:
     def __init__(self, model, eos_token_ids: list[int], config: EngineConfig | None = None,
                  decode: Callable[[list[int]], str] | None = None, runner=None,
                  token_bytes: Callable[[int], bytes | None] | None = None, json_after: int | None = None,
-                 tool_call_ids: tuple[int, int] | None = None):
+                 tool_call_ids: tuple[int, int] | None = None,
+                 reasoning_open: Callable[[list[int]], bool] | None = None):
         """`token_bytes(id)` (a token's bytes, None for special tokens) enables JSON mode (`params.json_mode`);
         `json_after` is the token after which the JSON starts (a Thinking model's `</think>`), None: at once;
         `tool_call_ids` (the ids of `<tool_call>`, `</tool_call>`) enables `params.forced_tool_calls`."""
         self.model = model
         self.token_bytes = token_bytes
         self.json_after = json_after
+        # whether a prompt's answer starts inside reasoning (`LLM.reasoning_open`): constraints wait for `json_after`
+        # only then; None: always, when `json_after` is set
+        self.reasoning_open = reasoning_open
         self.tool_call_ids = tool_call_ids
         self.config = cfg = config or EngineConfig()
         tc = model.config.text_config
@@ -89,12 +93,15 @@ class Engine:
     # ------------------------------------------------------------------ requests
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                     media: list[MediaItem] | None = None, kinds: list[str] | None = None, *,
-                    fork_from: Sequence | None = None, keep_blocks: bool = False) -> list[Sequence]:
+                    fork_from: Sequence | None = None, keep_blocks: bool = False,
+                    adapter_id: int | None = None) -> list[Sequence]:
         """Queue a prompt. `media` items carry their pad-token ranges; `kinds` says 'image' or 'video' per item.
 
         Beam search: `keep_blocks=True` keeps a sequence's cache blocks when it finishes (until `abort(request_id)`),
         and `fork_from=` such a finished sequence, whose tokens this prompt starts with, reuses its keys and values
-        (its full blocks shared, its last block copied), so only the tokens after them are computed."""
+        (its full blocks shared, its last block copied), so only the tokens after them are computed. `adapter_id`
+        (an earlier request's) pins the LoRA adapter load instead of looking `params.adapter` up by name, so a search
+        ends on the adapter it began with even if that one is unloaded or replaced meanwhile."""
         params.validate()
         if fork_from is not None:
             if not hasattr(self.runner, "copy_blocks"):
@@ -112,8 +119,9 @@ class Engine:
         bad = next((t for t in (params.logit_bias or {}) if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"logit_bias: {bad} is not a token id (0..{vocab - 1})")
-        adapter_id = 0
-        if params.adapter is not None:
+        if adapter_id is None and params.adapter is None:
+            adapter_id = 0
+        elif adapter_id is None:
             if self.adapters is None:
                 raise ValueError("per-request LoRA adapters are not supported with tensor parallelism")
             adapter_id = self.adapters.id_of(params.adapter)  # ValueError naming the loaded ones
@@ -141,6 +149,9 @@ class Engine:
             if self.token_bytes is None or self.tool_call_ids is None:
                 raise ValueError("forced_tool_calls needs the engine to know the token bytes and the <tool_call> ids")
             machines = forced.machines()  # shared by the request's sequences
+        after = self.json_after
+        if after is not None and self.reasoning_open is not None and not self.reasoning_open(list(prompt_ids)):
+            after = None  # (an answer continued past </think>: constrained from its first token)
         seqs = []
         for i in range(params.n):
             gen = None
@@ -155,14 +166,14 @@ class Engine:
                 self.blocks.hold(seq.fork[0])
             if params.json_mode:
                 seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
-                                                activate_after=self.json_after, schema=schema)
+                                                activate_after=after, schema=schema)
             elif pattern is not None:
                 seq.constraint = JsonConstraint(self.token_bytes, self.eos_token_ids | set(params.stop_token_ids),
-                                                activate_after=self.json_after, machine=pattern)
+                                                activate_after=after, machine=pattern)
             elif forced is not None:
                 seq.constraint = ToolCallConstraint(
                     self.token_bytes, self.eos_token_ids | set(params.stop_token_ids), forced, *self.tool_call_ids,
-                    activate_after=None if forced.opened and not forced.lazy else self.json_after, machines=machines)
+                    activate_after=None if forced.opened and not forced.lazy else after, machines=machines)
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = seqs
@@ -193,8 +204,10 @@ class Engine:
         self._release_adapters()
 
     def adapters_in_use(self) -> set[int]:
-        """Ids of the LoRA adapter loads that waiting or running sequences use."""
-        return {s.adapter_id for s in (*self.scheduler.waiting, *self.scheduler.running) if s.adapter_id}
+        """Ids of the LoRA adapter loads that waiting or running sequences use, or that finished sequences kept to
+        fork from (a beam search under way) do."""
+        kept = (s for seqs in self.requests.values() for s in seqs if s.keep_blocks)
+        return {s.adapter_id for s in (*self.scheduler.waiting, *self.scheduler.running, *kept) if s.adapter_id}
 
     def _release_adapters(self) -> None:
         if self.adapters is not None and self.adapters.retiring:  # removed adapters nobody runs with any more
@@ -215,8 +228,8 @@ class Engine:
                 return [StepOutput(seq, [], True)]
             return []
         if self.blocks.pending_copies:  # forks' own copies of shared blocks, before anything writes to them
-            self.runner.copy_blocks(self.blocks.pending_copies)
-            self.blocks.pending_copies = []
+            pairs, self.blocks.pending_copies = self.blocks.pending_copies, []
+            self.runner.copy_blocks(pairs)
         logits = self.runner.execute(chunks)
         assign_prompt_logprobs(chunks, self.runner.scores)
         self.stats["steps"] += 1

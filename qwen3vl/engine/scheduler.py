@@ -83,11 +83,18 @@ class Scheduler:
             chunks.append(Chunk(seq, seq.num_computed, n))
             scheduled.add(seq.seq_id)
             budget -= n
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
-            if not self.blocks.can_allocate(seq, seq.num_tokens):
+        blocked = False
+        for seq in list(self.waiting):
+            if budget == 0 or len(self.running) >= self.max_num_seqs:
                 break
-            self.waiting.popleft()
+            # first come, first served; but beam-search forks (a token each, holding their parents' blocks, which
+            # the search frees when it ends) may pass a request that waits for those blocks
+            if blocked and seq.fork is None:
+                continue
+            if not self.blocks.can_allocate(seq, seq.num_tokens):
+                blocked = True
+                continue
+            self.waiting.remove(seq)
             self.blocks.allocate(seq, seq.num_tokens)
             seq.status = Status.RUNNING
             self.running.append(seq)

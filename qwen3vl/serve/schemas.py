@@ -74,11 +74,21 @@ class StructuredOutputs(_Strict):
 
 # fields a beam search cannot honour (it scores the model's raw distribution and answers when it is done), each with
 # the value that asks for nothing and so may be sent with it
-NOT_WITH_BEAMS = {"stream": False, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
-                   "presence_penalty": 0.0, "frequency_penalty": 0.0, "stop": None, "ignore_eos": False,
-                   "min_tokens": 0, "logit_bias": None, "guided_regex": None, "guided_choice": None,
-                   "guided_json": None, "structured_outputs": None, "logprobs": None, "top_logprobs": None,
-                   "response_format": None}
+# (besides null, and an empty string, list or object); `logprobs` is a bool on chat and a count on completions, where
+# even 0 asks for something
+NOT_WITH_BEAMS: dict[str, tuple] = {
+    "stream": (False,), "top_p": (1.0,), "top_k": (-1, 0), "min_p": (0.0,), "repetition_penalty": (1.0,),
+    "presence_penalty": (0.0,), "frequency_penalty": (0.0,), "stop": (), "ignore_eos": (False,), "min_tokens": (0,),
+    "logit_bias": (), "guided_regex": (), "guided_choice": (), "guided_json": (), "structured_outputs": (),
+    "logprobs": (False,), "top_logprobs": (), "response_format": ()}
+
+
+def _asks_nothing(value: Any, neutral: tuple) -> bool:
+    if value is None or (isinstance(value, (str, list, dict)) and not value):
+        return True
+    if isinstance(value, bool) or any(isinstance(n, bool) for n in neutral):  # a bool only equals a bool
+        return any(value is n for n in neutral)
+    return any(value == n for n in neutral)
 
 
 class _Sampling(_Strict):
@@ -124,7 +134,7 @@ class _Sampling(_Strict):
             value = getattr(self, name, None)
             if name == "response_format" and value is not None and value.type == "text":
                 continue
-            if name in self.model_fields_set and value not in (None, False, "", [], {}) and value != neutral:
+            if name in self.model_fields_set and not _asks_nothing(value, neutral):
                 raise bad_request(f"{name} cannot be combined with use_beam_search (the search scores the model's "
                                   "raw distribution and answers when it is done)", name)
 
@@ -213,6 +223,15 @@ class ChatCompletionRequest(_Sampling):
                                             or isinstance(self.tool_choice, NamedToolChoice)):
             raise bad_request("tool_choice required or a named function cannot be combined with "
                               "continue_final_message (a forced call opens an answer of its own)", "tool_choice")
+        if self.continue_final_message:
+            fmt = self.response_format
+            constrained = [k for k in ("guided_regex", "guided_choice", "guided_json", "structured_outputs")
+                           if getattr(self, k) is not None]
+            constrained += ["response_format"] if fmt is not None and fmt.type != "text" else []
+            if constrained:
+                raise bad_request(f"{constrained[0]} cannot be combined with continue_final_message: the constraint "
+                                  "would start anew after the prefilled text instead of continuing it",
+                                  constrained[0])
         if self.use_beam_search and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)):
             raise bad_request("tool_choice required or a named function cannot be combined with use_beam_search "
                               "(a forced call constrains decoding; the search does not)", "tool_choice")
