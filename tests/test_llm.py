@@ -150,7 +150,7 @@ def test_stream_before_a_tool_call_joins_to_the_parsed_text(llm, monkeypatch):
 
     text = 'Let me check.\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
     ids = llm.tokenizer.encode(text)
-    seq = type("Seq", (), {"params": llm.sampling_params(), "output_ids": [], "stop_text": None,
+    seq = type("Seq", (), {"params": llm.sampling_params(), "output_ids": [], "stop_text": None, "prompt_ids": [],
                            "finish_reason": None, "logprobs": []})()
     state = _StreamState(llm, seq, tools=[{"type": "function", "function": {"name": "f"}}])
     pieces = []
