@@ -29,6 +29,8 @@ def test_top_k_top_p_min_p_filters():
     assert _allowed(filter_logits(logits, SamplingParams(top_p=0.76))) == {0, 1, 2}
     # min_p 0.4: threshold 0.4 * 0.5 = 0.2 keeps 0.5 and 0.25
     assert _allowed(filter_logits(logits, SamplingParams(min_p=0.4))) == {0, 1}
+    # a top_p too small for float32 (it compares as 0) still keeps the best token
+    assert _allowed(filter_logits(logits, SamplingParams(top_p=3e-210))) == {0}
 
 
 def test_temperature_scales_logits():

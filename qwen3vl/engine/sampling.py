@@ -168,6 +168,7 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         probs = sorted_x.softmax(-1)
         # drop a token when the mass strictly before it already reaches top_p (always keeps the first)
         drop = (probs.cumsum(-1) - probs) >= p.top_p
+        drop[0] = False  # (a top_p below float32's smallest value compares as 0, which the first token's 0 reaches)
         x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     if p.min_p > 0:
         probs = x.softmax(-1)
