@@ -65,7 +65,8 @@ def test_logprobs():
 
 
 @pytest.mark.parametrize("field, value", [("temperature", -1), ("top_p", 0), ("top_p", 1.5), ("max_tokens", 0),
-                                          ("min_p", 2), ("n", 0), ("repetition_penalty", 0), ("logprobs", 65)])
+                                          ("min_p", 2), ("n", 0), ("repetition_penalty", 0),
+                                          ("repetition_penalty", 3e-210), ("logprobs", 65)])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value}).validate()

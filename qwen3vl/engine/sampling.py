@@ -63,8 +63,8 @@ class SamplingParams:
             bad("min_p", "must be in [0, 1]")
         if self.top_k < -1:
             bad("top_k", "must be -1, 0 (off) or a positive integer")
-        if self.repetition_penalty <= 0:
-            bad("repetition_penalty", "must be > 0")
+        if not self.repetition_penalty >= 1e-6:  # (a smaller one is 0 in float32: the logits become inf)
+            bad("repetition_penalty", "must be >= 1e-6 (the logits are divided or multiplied by it)")
         if not -2 <= self.presence_penalty <= 2:
             bad("presence_penalty", "must be in [-2, 2]")
         if not -2 <= self.frequency_penalty <= 2:
@@ -111,7 +111,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < 1e-5  # (dividing logits by a smaller one overflows them)
 
     @property
     def longest_stop(self) -> int:
