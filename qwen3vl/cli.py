@@ -13,6 +13,7 @@ _PARSERS = [
     ("qwen3vl.commands", "add_chat_parser"),
     ("qwen3vl.commands", "add_init_random_parser"),
     ("qwen3vl.serve.cli", "add_serve_parser"),
+    ("qwen3vl.serve.cli", "add_run_batch_parser"),
     ("qwen3vl.train.cli", "add_parser"),
     ("qwen3vl.tasks.cli", "add_ground_parser"),
     ("qwen3vl.tasks.cli", "add_ground3d_parser"),
