@@ -168,6 +168,10 @@ def test_command_line(folder, tmp_path, capsys):
     assert "1 requests: 1 ok, 0 failed" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="exists and is not empty"):  # refused before the model loads
         main(args)
+    kept = out.read_text()
+    with pytest.raises(SystemExit):  # a resume whose model cannot load leaves the answered lines as they were
+        main(["run-batch", "-i", str(src), "-o", str(out), "--model", str(tmp_path / "missing"), "--resume"])
+    assert out.read_text() == kept
     bad = tmp_path / "bad.jsonl"
     bad.write_text(_line("q", "/v1/chat/completions", {}) + "\nnot json\n")
     with pytest.raises(SystemExit, match="bad.jsonl, line 2: not JSON"):

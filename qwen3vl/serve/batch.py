@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterable
@@ -225,11 +226,8 @@ async def run_requests(app: Any, requests: list[BatchRequest], write: Callable[[
 def run_batch(app: Any, requests: list[BatchRequest], out: IO[str], concurrency: int,
               done: list[dict[str, Any]] = (), show_progress: bool = True) -> BatchCounts:
     """Run a checked batch through `app` (a `create_app` app), writing result lines to `out`; `done` are results
-    kept from an earlier run (written first, their requests skipped)."""
+    kept from an earlier run (already in `out`: their requests are skipped)."""
     counts = BatchCounts(total=len(requests), skipped=len(done))
-    for record in done:
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    out.flush()
     skip = {r["custom_id"] for r in done}
     todo = [r for r in requests if r.custom_id not in skip]
 
@@ -257,8 +255,8 @@ def run_batch(app: Any, requests: list[BatchRequest], out: IO[str], concurrency:
 
 def open_output(path: str, requests: list[BatchRequest], resume: bool, overwrite: bool
                 ) -> tuple[IO[str], list[dict[str, Any]]]:
-    """The output stream, and with `resume` the earlier run's answered lines. An existing non-empty output is
-    never replaced unless asked (`overwrite`) or continued (`resume`)."""
+    """The output stream, and with `resume` the earlier run's answered lines (the file then holds just those, and
+    the stream appends). An existing non-empty output is never replaced unless asked (`overwrite`)."""
     if path == "-":
         if resume:
             raise BatchFileError("--resume needs an output file, not standard output")
@@ -268,10 +266,15 @@ def open_output(path: str, requests: list[BatchRequest], resume: bool, overwrite
     if existing and not (resume or overwrite):
         raise BatchFileError(f"{path} exists and is not empty; pass --resume to continue it or --overwrite to "
                              "replace it")
-    done: list[dict[str, Any]] = []
     if existing and resume:
         with target.open(encoding="utf-8") as f:
             done = read_done(f, requests, path)
+        # the answered lines alone, swapped in whole: the earlier output is never half-written, even if the model
+        # then fails to load
+        tmp = target.with_name(target.name + ".resume-tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
+        os.replace(tmp, target)
+        return target.open("a", encoding="utf-8"), done
     target.parent.mkdir(parents=True, exist_ok=True)
-    return target.open("w", encoding="utf-8"), done
+    return target.open("w", encoding="utf-8"), []
 
