@@ -262,6 +262,9 @@ def test_completions_endpoint(client, reference):
 def test_models_health_and_metrics(client, server):
     assert [m.id for m in client.models.list()] == ["tiny"]
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    import qwen3vl
+
+    assert httpx.get(server.url + "/version").json() == {"version": qwen3vl.__version__} and qwen3vl.__version__
     assert httpx.get(server.url + "/v1/models/tiny").json()["id"] == "tiny"
     text = httpx.get(server.url + "/metrics").text
     m = parse_metrics(text)

@@ -4,9 +4,9 @@ unchanged.
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses` (OpenAI's Responses API,
 run as the chat request it translates to; all three streamed as server-sent events or not), `GET`/`DELETE
 /v1/responses/{id}` and `GET /v1/responses/{id}/input_items` (the responses kept for `previous_response_id`),
-`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), vLLM's `POST /tokenize` / `POST /detokenize`,
-and, with `allow_runtime_lora`, vLLM's `POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter`. All
-generation goes through one `EngineLoop`.
+`GET /v1/models`, `GET /health`, `GET /version`, `GET /metrics` (Prometheus text), vLLM's `POST /tokenize` /
+`POST /detokenize`, and, with `allow_runtime_lora`, vLLM's `POST /v1/load_lora_adapter` /
+`POST /v1/unload_lora_adapter`. All generation goes through one `EngineLoop`.
 
 Request bodies are read (size-limited; NaN/Infinity rejected) and validated with the pydantic models in
 `schemas.py`, so every bad input is an OpenAI-shaped 4xx naming the field; `transport.py` holds the HTTP plumbing
@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qwen3vl import __version__
 from qwen3vl.engine.adapters import UnknownAdapterError
 from qwen3vl.llm import LLM
 from qwen3vl.processing.errors import MediaError, MessageFormatError
@@ -153,6 +154,10 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
         if engine_loop.closing or not engine_loop.alive:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         return {"status": "ok"}
+
+    @app.get("/version")
+    async def version():  # (vLLM's route: clients read it to tell which server they reach)
+        return {"version": __version__}
 
     @app.get("/v1/models")
     async def models():

@@ -27,7 +27,7 @@ from qwen3vl.serve.metrics import Metrics
 log = logging.getLogger(__name__)
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models", "/health", "/metrics", "/tokenize",
-          "/detokenize", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+          "/detokenize", "/version", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
 
 # ------------------------------------------------------------------------------------------------- bodies
