@@ -103,6 +103,11 @@ def test_malformed_json(server):
         assert err["type"] == "invalid_request_error"
     err = error_of(post(server, content=b"[1, 2]"), 400)
     assert err["message"].startswith("the request body must be a JSON object")
+    for number in (b"1e400", b"-1e400", b"1" * 5000):  # overflows (once a 500 when a response echoed them)
+        err = error_of(post(server, content=b'{"model": "tiny", "messages": [], "user": ' + number + b"}"), 400)
+        assert err["code"] == "invalid_json", number[:10]
+    assert error_of(post(server, content=b'{"model": "tiny", "metadata": {"a": 1e400}, "input": "hi"}',
+                         path="/v1/responses"), 400)["code"] == "invalid_json"
 
 
 @pytest.mark.parametrize("field,value", [
@@ -141,7 +146,7 @@ def test_bad_sampling_values_name_the_field(server, field, value):
 
 def test_unsupported_and_inconsistent_options(server):
     assert error_of(post(server, chat(top_logprobs=2)), 400)["param"] == "top_logprobs"
-    for bias, words in (({"x": 10}, "token ids"), ({"5": 101}, "less than or equal to 100"),
+    for bias, words in (({"x": 10}, "token ids"), ({"\u00b2": 1}, "token ids"), ({"9" * 5000: 1}, "token ids"), ({"5": 101}, "less than or equal to 100"),
                         ({"5": True}, "valid number"), ({str(10**7): 1}, "is not a token id"),
                         ({str(k): 1 for k in range(301)}, "at most 300")):
         err = error_of(post(server, chat(logit_bias=bias)), 400)
@@ -150,6 +155,11 @@ def test_unsupported_and_inconsistent_options(server):
     tools = [{"type": "function", "function": {"name": "f"}}]
     err = error_of(post(server, chat(tools=tools, tool_choice={"type": "function", "function": {"name": "g"}})), 400)
     assert err["param"] == "tool_choice" and "'g'" in err["message"]
+    named = {"type": "function", "function": {"name": "f"}}
+    for choice in ("required", named):  # (before: a 400 naming messages, from the engine thread)
+        for guided in ({"guided_regex": "[a-z]+"}, {"guided_choice": ["a", "b"]}, {"guided_json": {"type": "object"}}):
+            err = error_of(post(server, chat(tools=tools, tool_choice=choice, **guided)), 400)
+            assert err["param"] == "tool_choice" and "structured output" in err["message"], (choice, guided)
     for body, param in (({"prompt": [10**7]}, "prompt"),
                         ({"prompt": "a <|image_pad|>"}, "prompt"), ({"prompt": []}, "prompt"),
                         ({"prompt": "x", "suffix": "y"}, "suffix"), ({"prompt": 5}, "prompt")):

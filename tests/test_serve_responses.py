@@ -83,6 +83,8 @@ def test_text_and_image_input_answer_as_the_chat_endpoint(instruct):
     assert r.usage.output_tokens == chat.usage.completion_tokens
     assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
     assert r.usage.output_tokens_details.reasoning_tokens == 0
+    assert r.usage.input_tokens_details.cache_write_tokens == 0  # (the client's type requires it)
+    assert r.parallel_tool_calls is True
     (item,) = r.output
     assert item.type == "message" and item.role == "assistant" and item.status == "completed"
     want = "incomplete" if chat.choices[0].finish_reason == "length" else "completed"
@@ -229,6 +231,13 @@ def test_thinking_reasoning_items(thinking):
     ({"truncation": "auto"}, "truncation", "longer than the context"),
     ({"n": 2}, "n", "one answer per response"),
     ({"text": {"format": {"type": "yaml"}}}, "text", "json_schema"),
+    ({"metadata": [1]}, "metadata", "at most 16"),
+    ({"metadata": {str(i): "v" for i in range(17)}}, "metadata", "at most 16"),
+    ({"metadata": {"k": 5}}, "metadata", "values of at most 512"),
+    ({"metadata": {"k": "v" * 513}}, "metadata", "values of at most 512"),
+    ({"user": 5}, "user", "must be a string"),
+    ({"reasoning": "high"}, "reasoning", "must be an object"),
+    ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "token ids"),
     # the chat request's own checks, with the field spelled as in the Responses request
     ({"max_output_tokens": "9"}, "max_output_tokens", "max_output_tokens: Input should be a valid integer"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]}, "input",
@@ -309,8 +318,9 @@ def test_previous_response_id_continues_a_stored_conversation(instruct):
         i.id for i in reversed(newest_first)]
     with pytest.raises(openai.BadRequestError, match="limit"):
         client.responses.input_items.list(listed.id, limit=0)
-    with pytest.raises(openai.BadRequestError, match="limit must be an integer"):
-        client.responses.input_items.list(listed.id, extra_query={"limit": "x"})
+    for limit in ("x", "\u00b2", "9" * 5000):  # ('²' passed str.isdigit and int() then failed: a 500)
+        with pytest.raises(openai.BadRequestError, match="limit must be an integer"):
+            client.responses.input_items.list(listed.id, extra_query={"limit": limit})
 
     # GET and DELETE; a response not stored (store: false) or deleted cannot be continued
     assert client.responses.retrieve(first.id).output_text == "Hello Ann."
@@ -485,3 +495,11 @@ def test_event_stream_items_open_and_close_in_order():
     last = [json.loads(e.split("data: ", 1)[1]) for e in failing.fail(APIError(504, "too slow", code="timeout"))]
     assert last[0]["type"] == "error" and last[0]["code"] == "timeout" and last[0]["message"] == "too slow"
     assert last[1]["type"] == "response.failed" and last[1]["response"]["error"]["code"] == "timeout"
+
+
+def test_echoed_parallel_tool_calls_is_a_bool():
+    from qwen3vl.serve import responses_api as RA
+
+    for sent, echoed in ((None, True), (True, True), (False, False)):
+        assert RA.Echo({"parallel_tool_calls": sent}, "tiny").fields["parallel_tool_calls"] is echoed
+    assert RA.Echo({}, "tiny").fields["parallel_tool_calls"] is True

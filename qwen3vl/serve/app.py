@@ -37,7 +37,7 @@ from qwen3vl.processing.errors import MediaError, MessageFormatError
 from qwen3vl.processing.sources import FetchOptions
 from qwen3vl.serve import responses as R
 from qwen3vl.serve import responses_api as RA
-from qwen3vl.serve.errors import APIError, bad_request, error_body
+from qwen3vl.serve.errors import APIError, bad_request, error_body, is_small_int
 from qwen3vl.serve.jobs import Deltas, Finished, Job
 from qwen3vl.serve.loop import EngineLoop, RequestHandle
 from qwen3vl.serve.media import MediaPolicy
@@ -240,7 +240,7 @@ def create_app(llm: LLM, settings: ServeSettings) -> FastAPI:
 
     @app.get("/v1/responses/{response_id}/input_items")
     async def response_input_items(response_id: str, order: str = "desc", limit: str = "20", after: str | None = None):
-        if not limit.isdigit():  # (read here, not by FastAPI: its 422 is not in OpenAI's error shape)
+        if not is_small_int(limit, 6):  # (read here, not by FastAPI: its 422 is not in OpenAI's error shape)
             raise bad_request(f"limit must be an integer, got {limit!r}", "limit")
         return RA.item_page(stored.inputs(response_id), order, int(limit), after)
 

@@ -33,3 +33,8 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param, code)
+
+
+def is_small_int(text: str, digits: int = 10) -> bool:
+    """An ASCII decimal integer of at most `digits` digits (str.isdigit also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdecimal() and len(text) <= digits

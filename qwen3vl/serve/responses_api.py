@@ -88,6 +88,7 @@ def translate(body: Any, history: list[dict[str, Any]] | None = None, *,
     if body.get("max_tool_calls") is not None:
         raise bad_request("max_tool_calls is not supported by this server (use parallel_tool_calls: false for at "
                           "most one call)", "max_tool_calls")
+    _check_echoed(body)
     out = {k: v for k, v in body.items() if k not in _OWN}
     messages = []
     instructions = body.get("instructions")
@@ -409,6 +410,21 @@ def renamed(error: APIError) -> APIError:
     return error
 
 
+def _check_echoed(body: dict[str, Any]) -> None:
+    """Fields that only come back in the Response object: their types (and OpenAI's bounds on metadata)."""
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict) or len(metadata) > 16:
+            raise bad_request("metadata must be an object of at most 16 string keys and values", "metadata")
+        for k, v in metadata.items():
+            if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
+                raise bad_request(f"metadata[{k[:64]!r}]: keys are strings of at most 64 characters, values of "
+                                  "at most 512", "metadata")
+    for key, kind, name in (("user", str, "a string"), ("reasoning", dict, "an object")):
+        if body.get(key) is not None and not isinstance(body[key], kind):
+            raise bad_request(f"{key} must be {name}", key)
+
+
 # ------------------------------------------------------------------------------------------------- response
 class Echo:
     """The request fields a Response object repeats, and its identity."""
@@ -421,7 +437,7 @@ class Echo:
         tool_choice = body.get("tool_choice")
         self.fields = {
             "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
-            "metadata": body.get("metadata") or {}, "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "metadata": body.get("metadata") or {}, "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
             "temperature": body.get("temperature"), "top_p": body.get("top_p"),
             "tool_choice": "auto" if tool_choice is None else tool_choice, "tools": body.get("tools") or [],
             "text": body.get("text") or {"format": {"type": "text"}}, "top_logprobs": body.get("top_logprobs"),
@@ -445,7 +461,8 @@ class Echo:
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:
-    return {"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+    return {"input_tokens": usage.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
             "output_tokens": usage.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
             "total_tokens": usage.prompt_tokens + usage.completion_tokens}

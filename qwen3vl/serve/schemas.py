@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qwen3vl.serve.errors import APIError, bad_request
+from qwen3vl.serve.errors import APIError, bad_request, is_small_int
 
 MAX_N = 128
 MAX_STOP = 16
@@ -159,7 +159,7 @@ class _Sampling(_Strict):
 
     def check_logit_bias(self) -> None:
         for key in self.logit_bias or {}:
-            if not key.isdigit():  # OpenAI's keys are token ids written as strings
+            if not is_small_int(key):  # OpenAI's keys are token ids written as strings
                 raise bad_request(f"logit_bias: keys must be token ids (digits), got {key!r}", "logit_bias")
 
     def sampling(self) -> dict[str, Any]:
@@ -239,6 +239,10 @@ class ChatCompletionRequest(_Sampling):
             raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
         self.check_logit_bias()
         guided = self.guided()
+        if guided is not None and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)):
+            raise bad_request(f"tool_choice required or a named function cannot be combined with a structured "
+                              f"output ({guided[0]}): the forced call's arguments follow the function's schema",
+                              "tool_choice")
         if guided is not None and self.response_format is not None and self.response_format.type != "text":
             raise bad_request(f"response_format {self.response_format.type} cannot be combined with a structured "
                               f"output ({guided[0]}): ask for one", "response_format")

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from qwen3vl.serve.errors import APIError, bad_request, error_body
+from qwen3vl.serve.errors import APIError, bad_request, error_body, is_small_int
 from qwen3vl.serve.jobs import Deltas, Failed, Finished
 from qwen3vl.serve.loop import RequestHandle
 from qwen3vl.serve.metrics import Metrics
@@ -35,9 +36,17 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # (1e400: a number JSON allows, but no JSON answer could echo it)
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+
 async def read_json(request: Request, limit: int) -> Any:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and is_small_int(declared, 18) and int(declared) > limit:
         raise APIError(413, f"the request body is {int(declared)} bytes, above this server's limit of {limit}",
                        code="request_too_large")
     chunks, size = [], 0
@@ -51,7 +60,7 @@ async def read_json(request: Request, limit: int) -> Any:
     if not raw.strip():
         raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
     except (ValueError, RecursionError) as e:
         raise bad_request(f"the request body is not valid JSON: {e}", code="invalid_json") from None
 
