@@ -40,6 +40,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together")
     g.add_argument("--max-batch-tokens", type=int, default=2048, help="token budget per engine step")
     g.add_argument("--chat-format", default="auto", choices=["auto", "instruct", "thinking"])
+    g.add_argument("--prompt-lookup", type=int, default=0, metavar="K",
+                   help="prompt-lookup decoding: up to K draft tokens per step copied from the prompt and output "
+                        "(n-gram speculative decoding; greedy requests only, same output, faster where the answer "
+                        "copies text: OCR, documents). 0: off")
+    g.add_argument("--prompt-lookup-max", type=int, default=3, help="longest n-gram looked up")
+    g.add_argument("--prompt-lookup-min", type=int, default=1, help="shortest n-gram looked up")
     g.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="split the model over this many processes/GPUs (docs/PARALLEL.md)")
     m = p.add_argument_group("media budget")
@@ -89,12 +95,17 @@ def resolve_model_arg(model: str | None) -> str:
 
 
 def build_llm(args: argparse.Namespace):
+    from qwen3vl.engine.speculative import check_lookup
     from qwen3vl.llm import LLM
     from qwen3vl.weights.adapters import AdapterError
     from qwen3vl.weights.hub import ModelNotFoundError
 
     media = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "fps": args.fps,
              "max_frames": args.max_frames}
+    try:  # (before the model loads)
+        check_lookup(args.prompt_lookup, args.prompt_lookup_min, args.prompt_lookup_max)
+    except ValueError as e:
+        raise SystemExit(f"error: {str(e).replace('prompt_lookup', '--prompt-lookup').replace('_', '-')}") from None
     try:
         return LLM(resolve_model_arg(args.model), dtype=None if args.dtype == "auto" else args.dtype,
                    device=args.device, revision=args.revision, max_model_len=args.max_model_len,
@@ -104,6 +115,8 @@ def build_llm(args: argparse.Namespace):
                    tensor_parallel_size=args.tensor_parallel_size, lora=args.lora,
                    quantization=getattr(args, "quantization", None),
                    kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"),
+                   prompt_lookup=args.prompt_lookup, prompt_lookup_min=args.prompt_lookup_min,
+                   prompt_lookup_max=args.prompt_lookup_max,
                    lora_modules=lora_modules_arg(getattr(args, "lora_modules", None)))
     except (ModelNotFoundError, AdapterError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -104,7 +104,8 @@ class LLM:
                  progress: bool = False, tensor_parallel_size: int = 1,
                  lora: str | Path | list[str | Path] | None = None,
                  lora_modules: dict[str, str | Path] | None = None, quantization: str | None = None,
-                 kv_cache_dtype: str = "auto"):
+                 kv_cache_dtype: str = "auto", prompt_lookup: int = 0, prompt_lookup_min: int = 1,
+                 prompt_lookup_max: int = 3):
         from qwen3vl.engine.runner import parse_kv_cache_dtype
         from qwen3vl.model.qwen3vl import load_model
         from qwen3vl.processing.processor import load_processor
@@ -117,7 +118,8 @@ class LLM:
                               max_num_seqs=max_num_seqs, max_batch_tokens=max_batch_tokens,
                               max_model_len=max_model_len, enable_prefix_cache=enable_prefix_cache,
                               vision_cache_bytes=vision_cache_mb * 1024**2,
-                              kv_cache_dtype=parse_kv_cache_dtype(kv_cache_dtype))
+                              kv_cache_dtype=parse_kv_cache_dtype(kv_cache_dtype), prompt_lookup=prompt_lookup,
+                              prompt_lookup_min=prompt_lookup_min, prompt_lookup_max=prompt_lookup_max)
         adapters = [lora] if isinstance(lora, (str, Path)) else list(lora or [])
         if (adapters or lora_modules) and tensor_parallel_size > 1:
             raise AdapterError("LoRA adapters with tensor_parallel_size > 1 are not supported: merge them into a "

@@ -24,6 +24,7 @@ from qwen3vl.engine.runner import KVCache, ModelRunner, assign_prompt_logprobs
 from qwen3vl.engine.sampling import SamplingParams, sample
 from qwen3vl.engine.scheduler import Scheduler
 from qwen3vl.engine.sequence import MediaItem, Sequence, Status
+from qwen3vl.engine.speculative import check_lookup, ngram_draft
 from qwen3vl.model.positions import IMAGE, TEXT, VIDEO, sequence_positions
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     vision_cache_bytes: int = 512 * 1024**2
     kv_cache_dtype: str = "auto"  # "auto" (the model's dtype), "int8" or "fp8": `runner.KVCache`
+    # prompt-lookup decoding for greedy requests (engine/speculative.py): draft tokens per step (0: off), and the
+    # n-gram sizes looked up (vLLM's prompt_lookup_min / prompt_lookup_max)
+    prompt_lookup: int = 0
+    prompt_lookup_min: int = 1
+    prompt_lookup_max: int = 3
 
 
 @dataclass
@@ -78,7 +84,9 @@ class Engine:
         self.capacity = num_blocks * cfg.block_size
         self.max_model_len = min(cfg.max_model_len or tc.max_position_embeddings, self.capacity)
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_cache)
-        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_batch_tokens)
+        check_lookup(cfg.prompt_lookup, cfg.prompt_lookup_min, cfg.prompt_lookup_max)
+        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_batch_tokens,
+                                   draft=self._draft if cfg.prompt_lookup else None)
         # a runner passed in (tensor parallelism: `qwen3vl.parallel`) was built for `cfg.num_blocks` blocks
         self.runner = runner if runner is not None else ModelRunner(model, num_blocks, cfg.block_size,
                                                                     cfg.vision_cache_bytes, cfg.kv_cache_dtype)
@@ -88,7 +96,8 @@ class Engine:
         self.decode_fn = decode
         self.requests: dict[str, list[Sequence]] = {}
         self.merge = model.config.vision_config.spatial_merge_size
-        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "draft_tokens": 0,
+                      "accepted_draft_tokens": 0}
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -241,13 +250,37 @@ class Engine:
             self.blocks.register_full_blocks(seq)
             if not c.samples:
                 continue
-            out = self._sample(seq, logits[row])
-            row += 1
-            outputs.append(out)
+            new: list[int] = []
+            for i in range(1 + len(c.draft)):  # as plain decoding would, token by token, while the drafts hold
+                token, finished = self._sample(seq, logits[row + i])
+                new.append(token)
+                if finished or i == len(c.draft) or token != c.draft[i]:
+                    break
+                seq.num_computed += 1  # draft i is the sequence's token now: its keys and values stand
+            row += 1 + len(c.draft)
+            if c.draft:
+                self.stats["draft_tokens"] += len(c.draft)
+                self.stats["accepted_draft_tokens"] += len(new) - 1
+                if not finished:
+                    self.blocks.register_full_blocks(seq)
+            outputs.append(StepOutput(seq, new, finished))
         self._release_adapters()
         return outputs
 
-    def _sample(self, seq: Sequence, logits: torch.Tensor) -> StepOutput:
+    def _draft(self, seq: Sequence, at_most: int) -> list[int]:
+        """Prompt-lookup drafts for a decoding greedy sequence: only as many as it could still accept."""
+        p = seq.params
+        if not p.greedy or seq.keep_blocks:
+            return []
+        room = min(at_most, self.config.prompt_lookup, p.max_tokens - len(seq.output_ids) - 1,
+                   self.max_model_len - seq.num_tokens - 1)
+        if room <= 0:
+            return []
+        cfg = self.config
+        return ngram_draft(seq.prompt_ids + seq.output_ids, room, cfg.prompt_lookup_min, cfg.prompt_lookup_max)
+
+    def _sample(self, seq: Sequence, logits: torch.Tensor) -> tuple[int, bool]:
+        """The sequence's next token from `logits`, appended, with the stop rules applied; (token, finished)."""
         p = seq.params
         constraint = seq.constraint
         banned = None
@@ -270,7 +303,7 @@ class Engine:
             reason = "length"
         if reason is not None:
             self.scheduler.finish(seq, reason)
-        return StepOutput(seq, [s.token], reason is not None)
+        return s.token, reason is not None
 
     def _hit_stop_string(self, seq: Sequence) -> bool:
         # only the tail can contain a new match: decode a window long enough for the longest stop string

@@ -314,18 +314,19 @@ class ModelRunner:
         adapter_rows: list[tuple[int, int]] = []  # (adapter id, tokens), per chunk
         for c in chunks:
             seq, q_start = c.seq, len(ids)
-            ids += seq.tokens(c.start, c.end)
-            adapter_rows.append((seq.adapter_id, c.end - c.start))
-            positions.append(seq.positions(c.start, c.end))
-            slots = self._slots(seq.block_table, 0, c.end)
+            end = c.end + len(c.draft)  # drafts sit after the chunk's tokens, at the positions they would take
+            ids += seq.tokens(c.start, c.end) + list(c.draft)
+            adapter_rows.append((seq.adapter_id, end - c.start))
+            positions.append(seq.positions(c.start, end))
+            slots = self._slots(seq.block_table, 0, end)
             new_slots.append(slots[c.start:])
-            attn.append(_SeqAttn(q_start, c.num_tokens, c.end, slots))
+            attn.append(_SeqAttn(q_start, end - c.start, end, slots))
             for m in seq.media_in(c.start, c.end):
                 lo, hi = max(c.start, m.offset), min(c.end, m.end)
                 vis_rows.append((m.key, lo - m.offset, hi - m.offset))
                 vis_index.extend(range(q_start + lo - c.start, q_start + hi - c.start))
-            if c.samples:
-                sample_rows.append(len(ids) - 1)
+            if c.samples:  # the last real token's logits, then each draft's
+                sample_rows.extend(range(len(ids) - 1 - len(c.draft), len(ids)))
             for j in score_positions(c):
                 score_rows.append(q_start + j - c.start)
                 score_targets.append(seq.prompt_ids[j + 1])
@@ -386,7 +387,7 @@ class ModelRunner:
         return out
 
     def execute(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Run one step; returns float32 logits (number of sampling chunks, V) in chunk order."""
+        """Run one step; returns float32 logits in chunk order: per sampling chunk 1 + its drafts rows (R, V)."""
         return self.run(self.prepare(chunks))
 
 
@@ -421,7 +422,7 @@ class StepInputs:
     seqs: list[_SeqAttn]  # per chunk: where its queries sit and which slots its context occupies
     vis_rows: list[tuple[str, int, int]]  # (media key, first row, end row) in token order
     vis_index: torch.Tensor  # positions among the T tokens that take visual features
-    sample_rows: list[int]  # token index whose logits are returned, per sampling chunk
+    sample_rows: list[int]  # token indices whose logits are returned: per sampling chunk 1 + its drafts
     encode: list[tuple[str, tuple, torch.Tensor]]  # media to run through the ViT this step
     adapters: torch.Tensor | None = None  # (T,) LoRA adapter id per token (0: none); None when no token has one
     score_rows: list[int] = field(default_factory=list)  # token index whose logits score the next prompt token

@@ -1,8 +1,9 @@
 """Continuous batching: which sequences run this step, and how many of their tokens. No torch here.
 
 Each step has a token budget. Running sequences go first, in arrival order (a decoding sequence needs one
-token; one still in prefill takes a chunk), so a long prompt never stalls everyone's decoding: it is fed in
-chunks between decode steps. Then waiting sequences are admitted while blocks and budget last.
+token, plus its prompt-lookup drafts if any; one still in prefill takes a chunk), so a long prompt never stalls
+everyone's decoding: it is fed in chunks between decode steps. Then waiting sequences are admitted while blocks
+and budget last.
 
 When the cache runs out of blocks, the newest running sequence is preempted: its blocks are freed and it
 goes back to the front of the queue; later it recomputes its keys/values from its tokens (prompt plus what it
@@ -12,6 +13,7 @@ generated), so its output is unchanged.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from qwen3vl.engine.block_manager import BlockManager
@@ -23,6 +25,7 @@ class Chunk:
     seq: Sequence
     start: int
     num_tokens: int
+    draft: tuple[int, ...] = ()  # prompt-lookup draft tokens fed after the chunk's own (engine/speculative.py)
 
     @property
     def end(self) -> int:
@@ -35,10 +38,13 @@ class Chunk:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int = 64, max_batch_tokens: int = 2048):
+    def __init__(self, blocks: BlockManager, max_num_seqs: int = 64, max_batch_tokens: int = 2048,
+                 draft: Callable[[Sequence, int], list[int]] | None = None):
+        """`draft(seq, at_most)`: draft tokens for a decoding sequence (prompt lookup), or None: never."""
         if max_batch_tokens < 1:
             raise ValueError("max_batch_tokens must be >= 1")
         self.blocks = blocks
+        self.draft = draft
         self.max_num_seqs = max_num_seqs
         self.max_batch_tokens = max_batch_tokens
         self.waiting: deque[Sequence] = deque()
@@ -71,6 +77,18 @@ class Scheduler:
             if seq.status is not Status.RUNNING:
                 continue  # preempted earlier in this loop
             n = min(seq.num_tokens - seq.num_computed, budget)
+            if n == 1 and self.draft is not None and budget > 1:
+                # drafts ride along only where the budget and free blocks allow; they never preempt anyone
+                draft = tuple(self.draft(seq, budget - 1))
+                extra = (self.blocks.blocks_needed(seq.num_computed + 1 + len(draft))
+                         - max(len(seq.block_table), self.blocks.blocks_needed(seq.num_computed + 1)))
+                # (blocks taken for drafts leave one free for every running sequence's next token)
+                spare = extra <= 0 or self.blocks.num_free - extra >= len(self.running)
+                if draft and spare and self.blocks.ensure_slots(seq, seq.num_computed + 1 + len(draft)):
+                    chunks.append(Chunk(seq, seq.num_computed, 1, draft))
+                    scheduled.add(seq.seq_id)
+                    budget -= 1 + len(draft)
+                    continue
             while not self.blocks.ensure_slots(seq, seq.num_computed + n):
                 victim = next((s for s in reversed(self.running) if s is not seq and s.seq_id not in scheduled),
                               None)

@@ -450,4 +450,5 @@ class EngineLoop:
                 "vision_hits": vc.hits, "vision_misses": vc.misses, "vision_bytes": vc.bytes,
                 "preemptions": e.scheduler.num_preemptions, "prompt_tokens": e.stats["prompt_tokens"],
                 "generation_tokens": e.stats["generated_tokens"], "engine_requests": len(e.requests),
+                "draft_tokens": e.stats["draft_tokens"], "accepted_draft_tokens": e.stats["accepted_draft_tokens"],
                 "active": len(self._active)}

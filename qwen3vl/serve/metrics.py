@@ -73,6 +73,10 @@ class Metrics:
         e = engine
         one("prompt_tokens_total", "counter", "Prompt tokens admitted to the engine (times n).", e["prompt_tokens"])
         one("generation_tokens_total", "counter", "Tokens generated.", e["generation_tokens"])
+        one("spec_decode_draft_tokens_total", "counter", "Prompt-lookup draft tokens proposed (--prompt-lookup).",
+            e.get("draft_tokens", 0))
+        one("spec_decode_accepted_tokens_total", "counter", "Prompt-lookup draft tokens accepted.",
+            e.get("accepted_draft_tokens", 0))
         one("requests_in_flight", "gauge", "Requests the server holds (preprocessing, queued or running).",
             in_flight)
         one("num_requests_preprocessing", "gauge", "Requests being tokenised / having media decoded.",
