@@ -236,6 +236,8 @@ def test_thinking_reasoning_items(thinking):
     ({"metadata": {"k": 5}}, "metadata", "values of at most 512"),
     ({"metadata": {"k": "v" * 513}}, "metadata", "values of at most 512"),
     ({"user": 5}, "user", "must be a string"),
+    ({"input": [{"role": "user", "content": "hi"}, {"type": "function_call_output", "call_id": "c9", "output": "x"}]},
+     "input", "no function_call with call_id 'c9'"),
     ({"reasoning": "high"}, "reasoning", "must be an object"),
     ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "token ids"),
     # the chat request's own checks, with the field spelled as in the Responses request

@@ -97,6 +97,7 @@ def translate(body: Any, history: list[dict[str, Any]] | None = None, *,
             raise bad_request("instructions must be a string", "instructions")
         messages.append({"role": "system", "content": instructions})
     conversation = (history or []) + _messages(body.get("input"))
+    _check_call_outputs(conversation)
     out["messages"] = _one_system(messages + conversation, every_system)
     if body.get("max_output_tokens") is not None:
         out["max_completion_tokens"] = body["max_output_tokens"]
@@ -183,6 +184,17 @@ def _messages(items: Any) -> list[dict[str, Any]]:
         raise bad_request("input: the last item is a reasoning item; it must be followed by the assistant's message "
                           "or function call", "input")
     return messages
+
+
+def _check_call_outputs(messages: list[dict[str, Any]]) -> None:
+    """Each function_call_output answers a function_call made before it (in the input or the continued response), as
+    OpenAI requires."""
+    calls: set[str] = set()
+    for m in messages:
+        calls.update(c["id"] for c in m.get("tool_calls") or [])
+        if m["role"] == "tool" and m["tool_call_id"] not in calls:
+            raise bad_request(f"input: no function_call with call_id {m['tool_call_id']!r} comes before its "
+                              "function_call_output", "input")
 
 
 def _one_system(messages: list[dict[str, Any]], every_system: bool) -> list[dict[str, Any]]:
