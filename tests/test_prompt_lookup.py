@@ -176,3 +176,30 @@ def test_the_server_answers_the_same(folder):
     assert 0 < stats["accepted_draft_tokens"] < stats["draft_tokens"]
     text = Metrics().render(stats, 0)
     assert f"qwen3vl_spec_decode_accepted_tokens_total {stats['accepted_draft_tokens']}" in text
+
+
+def test_drafts_take_only_the_budget_others_leave(folder, plain):
+    """With a step budget of 8 tokens and up to 7 drafts, every decoding sequence still gets its token each step, and a prompt in
+    prefill its share, before any draft (drafts once starved the later sequences of a step)."""
+    llm = LLM(folder, kv_cache_gb=0.05, prompt_lookup=7, max_batch_tokens=8)
+    scheduler = llm.engine.scheduler
+    real = scheduler.schedule
+    seen = {"steps": 0, "drafted": 0}
+
+    def schedule():
+        decoding = [s for s in scheduler.running if s.num_tokens - s.num_computed == 1]
+        prefill = [s for s in scheduler.running if s.num_tokens - s.num_computed > 1]
+        chunks = real()
+        got = {c.seq.seq_id for c in chunks}
+        assert all(s.seq_id in got for s in decoding)
+        if len(decoding) < 8 and prefill:
+            assert prefill[0].seq_id in got
+        seen["steps"] += 1
+        seen["drafted"] += any(c.draft for c in chunks) and len(decoding) > 1
+        return chunks
+
+    scheduler.schedule = schedule
+    requests = [([{"role": "user", "content": f"{i} " + REPEAT}], {"temperature": 0, "max_tokens": 30})
+                for i in range(4)]
+    assert [[s[:2] for s in r] for r in _run(llm, requests)] == [[s[:2] for s in r] for r in _run(plain, requests)]
+    assert seen["drafted"] > 0

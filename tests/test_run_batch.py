@@ -66,7 +66,7 @@ def test_answers_equal_the_python_api_in_input_order(llm, reference):
         assert r["id"].startswith("batch_req_") and r["error"] is None
         assert r["response"]["status_code"] == 200
         body = r["response"]["body"]
-        assert r["response"]["request_id"] == body["id"] and body["object"] == "chat.completion"
+        assert r["response"]["request_id"].startswith("req_") and body["object"] == "chat.completion"
         want = reference.chat(m, temperature=0, max_tokens=4 + 3 * i)
         assert body["choices"][0]["message"]["content"] == want.text
         assert body["usage"]["completion_tokens"] == want.usage.completion_tokens
@@ -84,6 +84,7 @@ def test_answers_equal_the_python_api_in_input_order(llm, reference):
     for cid, param in (("bad", "messages"), ("streamed", "stream")):
         r = by_id[cid]["response"]
         assert r["status_code"] == 400 and r["body"]["error"]["param"] == param
+        assert by_id[cid]["error"] == {"code": "invalid_request_error", "message": r["body"]["error"]["message"]}
     assert (counts.total, counts.ok, counts.failed, counts.statuses) == (8, 6, 2, {200: 6, 400: 2})
     assert counts.completion_tokens == sum(
         r["response"]["body"]["usage"].get("completion_tokens", r["response"]["body"]["usage"].get("output_tokens"))
@@ -112,11 +113,12 @@ def test_resume_keeps_answered_lines_and_runs_the_rest(llm, tmp_path):
     out.write_text(json.dumps(first[0]) + "\n" + json.dumps(failed) + "\n")
 
     with pytest.raises(batch.BatchFileError, match="--resume"):
-        batch.open_output(str(out), requests, resume=False, overwrite=False)
-    stream, done = batch.open_output(str(out), requests, resume=True, overwrite=False)
+        batch.check_output(str(out), "-", requests, resume=False, overwrite=False)
+    done = batch.check_output(str(out), "-", requests, resume=True, overwrite=False)
     assert [d["id"] for d in done] == [first[0]["id"]]
+    assert out.read_text().count("\n") == 2  # nothing written before the model is ready
     app = create_app(llm, ServeSettings(["tiny"], sampling_defaults={"max_tokens": MAX_TOKENS}))
-    with stream:
+    with batch.open_output(str(out), done, resume=True) as stream:
         counts = batch.run_batch(app, requests, stream, 2, done, show_progress=False)
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["custom_id"] for r in records] == ["0", "1", "2", "3"]
@@ -124,12 +126,52 @@ def test_resume_keeps_answered_lines_and_runs_the_rest(llm, tmp_path):
     assert records[1]["response"]["status_code"] == 200
     assert (counts.skipped, counts.ok) == (1, 3)
 
+    # a last line cut off mid-write is run again; a torn line elsewhere, or request lines, are refused
+    text = out.read_text()
+    out.write_text(text[:-40])
+    assert [d["custom_id"] for d in batch.check_output(str(out), "-", requests, True, False)] == ["0", "1", "2"]
+    out.write_text(text[:-40] + "\n" + text)
+    with pytest.raises(batch.BatchFileError, match="line 4: not a batch result line"):
+        batch.check_output(str(out), "-", requests, True, False)
+    out.write_text("\n".join(lines) + "\n")
+    with pytest.raises(batch.BatchFileError, match="line 1: not a batch result line"):
+        batch.check_output(str(out), "-", requests, True, False)
+    with pytest.raises(batch.BatchFileError, match="is the input file"):
+        batch.check_output(str(out), str(out), requests, True, False)
+
+    out.write_text(text)
     other = batch.read_requests([_line("x", "/v1/completions", {"prompt": "a"})])
     with pytest.raises(batch.BatchFileError, match="custom_id '0'.*another batch"):
-        batch.open_output(str(out), other, resume=True, overwrite=False)
-    stream, done = batch.open_output(str(out), other, resume=False, overwrite=True)
-    stream.close()
-    assert done == [] and out.read_text() == ""
+        batch.check_output(str(out), "-", other, resume=True, overwrite=False)
+    assert batch.check_output(str(out), "-", other, resume=False, overwrite=True) == []
+    assert out.read_text() == text  # still: replaced only when opened
+    batch.open_output(str(out), [], resume=False).close()
+    assert out.read_text() == ""
+
+
+def test_a_stopped_run_keeps_what_finished_behind_a_slow_line():
+    import asyncio
+
+    async def app(scope, receive, send):  # line 0 never finishes; the others at once
+        body = json.loads((await receive())["body"])
+        if body["n"] == 0:
+            await asyncio.sleep(3600)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps({"id": str(body["n"])}).encode()})
+
+    requests = batch.read_requests([_line(str(i), "/v1/completions", {"n": i}) for i in range(4)])
+    written = []
+
+    async def main():
+        task = asyncio.ensure_future(batch.run_requests(app, requests, written.append, 4, batch.BatchCounts()))
+        await asyncio.sleep(0.2)
+        assert written == []  # (in input order: all wait for line 0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert [r["custom_id"] for r in written] == ["1", "2", "3"]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -169,9 +211,10 @@ def test_command_line(folder, tmp_path, capsys):
     with pytest.raises(SystemExit, match="exists and is not empty"):  # refused before the model loads
         main(args)
     kept = out.read_text()
-    with pytest.raises(SystemExit):  # a resume whose model cannot load leaves the answered lines as they were
-        main(["run-batch", "-i", str(src), "-o", str(out), "--model", str(tmp_path / "missing"), "--resume"])
-    assert out.read_text() == kept
+    for flag in ("--resume", "--overwrite"):  # a model that cannot load leaves the earlier output as it was
+        with pytest.raises(SystemExit):
+            main(["run-batch", "-i", str(src), "-o", str(out), "--model", str(tmp_path / "missing"), flag])
+        assert out.read_text() == kept
     bad = tmp_path / "bad.jsonl"
     bad.write_text(_line("q", "/v1/chat/completions", {}) + "\nnot json\n")
     with pytest.raises(SystemExit, match="bad.jsonl, line 2: not JSON"):

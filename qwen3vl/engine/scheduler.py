@@ -1,9 +1,9 @@
 """Continuous batching: which sequences run this step, and how many of their tokens. No torch here.
 
 Each step has a token budget. Running sequences go first, in arrival order (a decoding sequence needs one
-token, plus its prompt-lookup drafts if any; one still in prefill takes a chunk), so a long prompt never stalls
-everyone's decoding: it is fed in chunks between decode steps. Then waiting sequences are admitted while blocks
-and budget last.
+token; one still in prefill takes a chunk), so a long prompt never stalls everyone's decoding: it is fed in chunks
+between decode steps. Then waiting sequences are admitted while blocks and budget last. Prompt-lookup drafts
+(engine/speculative.py) take only the budget left after that.
 
 When the cache runs out of blocks, the newest running sequence is preempted: its blocks are freed and it
 goes back to the front of the queue; later it recomputes its keys/values from its tokens (prompt plus what it
@@ -77,18 +77,6 @@ class Scheduler:
             if seq.status is not Status.RUNNING:
                 continue  # preempted earlier in this loop
             n = min(seq.num_tokens - seq.num_computed, budget)
-            if n == 1 and self.draft is not None and budget > 1:
-                # drafts ride along only where the budget and free blocks allow; they never preempt anyone
-                draft = tuple(self.draft(seq, budget - 1))
-                extra = (self.blocks.blocks_needed(seq.num_computed + 1 + len(draft))
-                         - max(len(seq.block_table), self.blocks.blocks_needed(seq.num_computed + 1)))
-                # (blocks taken for drafts leave one free for every running sequence's next token)
-                spare = extra <= 0 or self.blocks.num_free - extra >= len(self.running)
-                if draft and spare and self.blocks.ensure_slots(seq, seq.num_computed + 1 + len(draft)):
-                    chunks.append(Chunk(seq, seq.num_computed, 1, draft))
-                    scheduled.add(seq.seq_id)
-                    budget -= 1 + len(draft)
-                    continue
             while not self.blocks.ensure_slots(seq, seq.num_computed + n):
                 victim = next((s for s in reversed(self.running) if s is not seq and s.seq_id not in scheduled),
                               None)
@@ -120,7 +108,29 @@ class Scheduler:
             chunks.append(Chunk(seq, seq.num_computed, n))
             scheduled.add(seq.seq_id)
             budget -= n
+        if self.draft is not None and budget > 0:
+            self._add_drafts(chunks, budget)
         return chunks
+
+    def _add_drafts(self, chunks: list[Chunk], budget: int) -> None:
+        """Prompt-lookup drafts for the chunks that end on their sequence's last token, from the budget everyone's
+        own tokens left over, in arrival order; only where the blocks they need leave one free for every running
+        sequence's next token, so drafting never preempts anyone this step."""
+        for i, c in enumerate(chunks):
+            seq = c.seq
+            if budget <= 0:
+                return
+            if c.num_tokens != 1 or c.end != seq.num_tokens:
+                continue
+            draft = tuple(self.draft(seq, budget))
+            if not draft:
+                continue
+            extra = self.blocks.blocks_needed(c.end + len(draft)) - len(seq.block_table)
+            if extra > 0 and self.blocks.num_free - extra < len(self.running):
+                continue
+            if self.blocks.ensure_slots(seq, c.end + len(draft)):
+                chunks[i] = Chunk(seq, c.start, 1, draft)
+                budget -= len(draft)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = Status.FINISHED

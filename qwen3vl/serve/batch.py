@@ -10,14 +10,16 @@ The requests go through the same FastAPI app `qwen3vl serve` runs (`create_app`)
 without a socket, so a line is validated, rendered and answered exactly as the HTTP server would answer it. Up to
 `concurrency` requests are in flight at once, so the engine batches them continuously. The whole file is checked
 before the model is loaded (a malformed line, a duplicate `custom_id` or an unsupported `url` is an error naming
-its line); results are written in input order as they finish, one flushed line each, so an interrupted run keeps
-what it finished, and `resume` skips the `custom_id`s that already have a 200 in the output.
+its line); results are written in input order as they finish, one flushed line each (a run stopped early also
+writes what finished behind an unfinished line), and `resume` skips the `custom_id`s that already have a 200 in
+the output. The output file is only opened once the model has loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import uuid
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from qwen3vl.serve.errors import error_body
+
+log = logging.getLogger(__name__)
 
 URLS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 FIELDS = ("custom_id", "method", "url", "body")
@@ -104,18 +108,25 @@ def read_requests(lines: Iterable[str], source: str = "the input") -> list[Batch
 
 def read_done(lines: Iterable[str], requests: list[BatchRequest], source: str) -> list[dict[str, Any]]:
     """The results of an earlier run (resume): those answered with a 200, in the input's order. The earlier output
-    must belong to this input: a result for a custom_id the input lacks is an error, not something dropped."""
+    must belong to this input: a result for a custom_id the input lacks is an error, not something dropped. A last
+    line cut off mid-write (no newline at its end) is dropped with a warning: its request runs again."""
     wanted = {r.custom_id for r in requests}
     done: dict[str, dict[str, Any]] = {}
+    lines = list(lines)
     for number, text in enumerate(lines, 1):
         if not text.strip():
             continue
         try:
             record = json.loads(text)
             custom_id = record["custom_id"]
+            if "body" in record or not ("response" in record or "error" in record):
+                raise KeyError("response")  # (a request line: the input given as the output?)
         except (json.JSONDecodeError, TypeError, KeyError):
-            raise BatchFileError(f"{source}, line {number}: not a batch result line (to start afresh, drop "
-                                 "--resume and pass --overwrite)") from None
+            if number == len(lines) and not text.endswith("\n"):
+                log.warning("%s, line %d: cut off mid-write; its request runs again", source, number)
+                continue
+            raise BatchFileError(f"{source}, line {number}: not a batch result line; is this the right output "
+                                 "file?") from None
         if custom_id not in wanted:
             raise BatchFileError(f"{source}, line {number}: a result for custom_id {custom_id!r}, which the input "
                                  "does not hold; is this the output of another batch?")
@@ -164,15 +175,19 @@ async def call_app(app: Any, path: str, body: Any, closing: asyncio.Event) -> tu
 
 
 def result_line(request: BatchRequest, status: int, body: Any) -> dict[str, Any]:
-    """One output line in the Batch API's shape."""
+    """One output line in the Batch API's shape. A refused request keeps its status and error body in `response`
+    (as OpenAI's error file has it) and its error's code and message in `error` too (as vLLM's run-batch does)."""
+    line_id, request_id = f"batch_req_{uuid.uuid4().hex}", f"req_{uuid.uuid4().hex}"
     if not isinstance(body, dict):  # (no route here answers anything but JSON; kept as an error, not lost)
-        return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": request.custom_id, "response": None,
+        return {"id": line_id, "custom_id": request.custom_id, "response": None,
                 "error": {"code": "invalid_response", "message": f"status {status}: {str(body)[:500]}"}}
-    request_id = body.get("id") if status == 200 else None
-    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": request.custom_id,
-            "response": {"status_code": status, "request_id": request_id or f"req_{uuid.uuid4().hex}",
-                         "body": body},
-            "error": None}
+    error = None
+    if status != 200:
+        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error = {"code": detail.get("code") or detail.get("type") or str(status),
+                 "message": str(detail.get("message") or f"status {status}")}
+    return {"id": line_id, "custom_id": request.custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body}, "error": error}
 
 
 def _usage(body: dict[str, Any]) -> tuple[int, int]:
@@ -221,6 +236,8 @@ async def run_requests(app: Any, requests: list[BatchRequest], write: Callable[[
         closing.set()
         for t in tasks:
             t.cancel()
+        for index in sorted(finished):  # stopped early: what finished behind an unfinished line is kept too
+            write(finished.pop(index))
 
 
 def run_batch(app: Any, requests: list[BatchRequest], out: IO[str], concurrency: int,
@@ -253,28 +270,38 @@ def run_batch(app: Any, requests: list[BatchRequest], out: IO[str], concurrency:
     return counts
 
 
-def open_output(path: str, requests: list[BatchRequest], resume: bool, overwrite: bool
-                ) -> tuple[IO[str], list[dict[str, Any]]]:
-    """The output stream, and with `resume` the earlier run's answered lines (the file then holds just those, and
-    the stream appends). An existing non-empty output is never replaced unless asked (`overwrite`)."""
+def check_output(path: str, input_path: str, requests: list[BatchRequest], resume: bool, overwrite: bool
+                 ) -> list[dict[str, Any]]:
+    """Whether the output may be written (nothing is written yet: the model has not loaded); with `resume`, the
+    earlier run's answered lines. An existing non-empty output is never replaced unless asked (`overwrite`)."""
     if path == "-":
         if resume:
             raise BatchFileError("--resume needs an output file, not standard output")
-        return sys.stdout, []
+        return []
     target = Path(path)
-    existing = target.is_file() and target.stat().st_size > 0
-    if existing and not (resume or overwrite):
+    if input_path != "-" and target.exists() and os.path.samefile(input_path, target):
+        raise BatchFileError(f"the output file {path} is the input file; write the results elsewhere")
+    if not (target.is_file() and target.stat().st_size > 0):
+        return []
+    if not (resume or overwrite):
         raise BatchFileError(f"{path} exists and is not empty; pass --resume to continue it or --overwrite to "
                              "replace it")
-    if existing and resume:
-        with target.open(encoding="utf-8") as f:
-            done = read_done(f, requests, path)
-        # the answered lines alone, swapped in whole: the earlier output is never half-written, even if the model
-        # then fails to load
+    if not resume:
+        return []
+    with target.open(encoding="utf-8") as f:
+        return read_done(f, requests, path)
+
+
+def open_output(path: str, done: list[dict[str, Any]], resume: bool) -> IO[str]:
+    """The output stream, once the model is ready: standard output, or the file (with `resume` holding just the
+    earlier answered lines `done`, swapped in whole, and appended to; else emptied)."""
+    if path == "-":
+        return sys.stdout
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if resume and target.exists():
         tmp = target.with_name(target.name + ".resume-tmp")
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
         os.replace(tmp, target)
-        return target.open("a", encoding="utf-8"), done
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target.open("w", encoding="utf-8"), []
-
+        return target.open("a", encoding="utf-8")
+    return target.open("w", encoding="utf-8")

@@ -111,31 +111,38 @@ def run_batch(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --allowed-local-media-path {args.allowed_local_media_path} is not a folder")
     concurrency = args.max_concurrency or 2 * args.max_num_seqs
     settings = settings_from_args(args, max_queue=concurrency)
-    try:  # (checked before the model loads, so a wrong path costs nothing)
-        out, done = batch.open_output(args.output_file, requests, args.resume, args.overwrite)
+    try:  # (checked before the model loads, so a wrong path costs nothing; written only once it has loaded)
+        done = batch.check_output(args.output_file, args.input_file, requests, args.resume, args.overwrite)
     except OSError as e:
-        raise SystemExit(f"error: cannot open --output-file: {e}") from None
+        raise SystemExit(f"error: cannot read --output-file: {e}") from None
     except batch.BatchFileError as e:
         raise SystemExit(f"error: {e}") from None
     from qwen3vl.commands import build_llm
     from qwen3vl.serve.app import create_app
 
+    llm = build_llm(args)
     try:
-        llm = build_llm(args)
         try:
             app = create_app(llm, settings)
+            out = batch.open_output(args.output_file, done, args.resume)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
+        except OSError as e:
+            raise SystemExit(f"error: cannot write --output-file: {e}") from None
         start = time.monotonic()
         try:
             counts = batch.run_batch(app, requests, out, concurrency, done, show_progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"interrupted: the finished results are in {args.output_file}; run again with --resume for the "
+                  "rest", file=sys.stderr, flush=True)
+            return 130
         finally:
-            close = getattr(llm, "close", None)
-            if close is not None:
-                close()
+            if out is not sys.stdout:
+                out.close()
     finally:
-        if out is not sys.stdout:
-            out.close()
+        close = getattr(llm, "close", None)
+        if close is not None:
+            close()
     print(counts.summary(time.monotonic() - start), file=sys.stderr, flush=True)
     return 0
 

@@ -398,8 +398,9 @@ class EngineLoop:
                     active.first_token = True
                     self.metrics.ttft.observe(now - active.handle.arrival)
                 last = active.last_token_at.get(sid)
-                if last is not None:
-                    self.metrics.itl.observe(now - last)
+                if last is not None:  # (a step with prompt-lookup drafts kept brings several tokens: each its share)
+                    for _ in out.new_tokens:
+                        self.metrics.itl.observe((now - last) / len(out.new_tokens))
                 active.last_token_at[sid] = now
             choice = active.choices[active.index[sid]]
             if active.job.stream:
