@@ -281,6 +281,11 @@ def _format(text: Any) -> dict[str, Any] | None:
         raise bad_request("text.format.type must be text, json_object or json_schema", "text")
     if fmt["type"] == "json_object":
         return {"type": "json_object"}
+    for key, kind, name in (("name", str, "a string"), ("schema", dict, "an object (the JSON schema)")):
+        if not isinstance(fmt.get(key), kind):
+            raise bad_request(f"text.format.{key} must be {name} for a json_schema format", "text.format")
+    if fmt.get("strict") is not None and not isinstance(fmt["strict"], bool):
+        raise bad_request("text.format.strict must be true or false", "text.format")
     schema = {k: fmt[k] for k in ("name", "description", "schema", "strict") if fmt.get(k) is not None}
     return {"type": "json_schema", "json_schema": schema}
 
