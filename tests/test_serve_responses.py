@@ -500,7 +500,11 @@ def test_event_stream_items_open_and_close_in_order():
     failing.delta(ChoiceDelta(0, text="par"))
     last = [json.loads(e.split("data: ", 1)[1]) for e in failing.fail(APIError(504, "too slow", code="timeout"))]
     assert last[0]["type"] == "error" and last[0]["code"] == "timeout" and last[0]["message"] == "too slow"
-    assert last[1]["type"] == "response.failed" and last[1]["response"]["error"]["code"] == "timeout"
+    assert last[1]["type"] == "response.failed" and last[1]["response"]["error"]["code"] == "server_error"
+    from openai.types.responses import Response
+
+    sdk = Response.model_validate(last[1]["response"])  # (validated: the code is one of the SDK's literals)
+    assert sdk.error.code == "server_error" and sdk.status == "failed"
 
 
 def test_echoed_parallel_tool_calls_is_a_bool():

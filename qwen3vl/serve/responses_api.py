@@ -638,7 +638,9 @@ class ResponseEvents:
         error = renamed(error)
         code = error.code or error.type
         out = [self._event("error", code=code, message=error.message, param=error.param)]
-        failed = self.echo.response("failed", self.output, None, error={"code": code, "message": error.message})
+        # (a Response's error.code is one of OpenAI's few; the event above keeps ours)
+        kind = {429: "rate_limit_exceeded", 400: "invalid_prompt"}.get(error.status, "server_error")
+        failed = self.echo.response("failed", self.output, None, error={"code": kind, "message": error.message})
         return out + [self._event("response.failed", response=failed)]
 
 
