@@ -203,3 +203,27 @@ def test_drafts_take_only_the_budget_others_leave(folder, plain):
                 for i in range(4)]
     assert [[s[:2] for s in r] for r in _run(llm, requests)] == [[s[:2] for s in r] for r in _run(plain, requests)]
     assert seen["drafted"] > 0
+
+
+def test_ngram_draft_equals_a_brute_force_search():
+    import numpy as np
+
+    from qwen3vl.engine.speculative import TokenBuffer
+
+    def brute(tokens, k, min_n, max_n):  # every window compared, the latest match of the longest n
+        for n in range(max_n, min_n - 1, -1):
+            starts = [s for s in range(len(tokens) - n) if tokens[s:s + n] == tokens[len(tokens) - n:]]
+            if starts and k > 0:
+                return tokens[starts[-1] + n:starts[-1] + n + k]
+        return []
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        tokens = rng.integers(0, 4, int(rng.integers(1, 30))).tolist()
+        k, min_n = int(rng.integers(0, 6)), int(rng.integers(1, 3))
+        max_n = min_n + int(rng.integers(0, 3))
+        assert ngram_draft(tokens, k, min_n, max_n) == brute(tokens, k, min_n, max_n), (tokens, k, min_n, max_n)
+    buffer, prompt, output = TokenBuffer(), [5, 6, 7], []
+    for i in range(150):  # grows with the output, past its first capacities
+        output.append(i % 7)
+        assert buffer.view(prompt, output).tolist() == prompt + output

@@ -24,7 +24,7 @@ from qwen3vl.engine.runner import KVCache, ModelRunner, assign_prompt_logprobs
 from qwen3vl.engine.sampling import SamplingParams, sample
 from qwen3vl.engine.scheduler import Scheduler
 from qwen3vl.engine.sequence import MediaItem, Sequence, Status
-from qwen3vl.engine.speculative import check_lookup, ngram_draft
+from qwen3vl.engine.speculative import TokenBuffer, check_lookup, ngram_draft
 from qwen3vl.model.positions import IMAGE, TEXT, VIDEO, sequence_positions
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,10 @@ class Engine:
         if room <= 0:
             return []
         cfg = self.config
-        return ngram_draft(seq.prompt_ids + seq.output_ids, room, cfg.prompt_lookup_min, cfg.prompt_lookup_max)
+        if seq.lookup_tokens is None:
+            seq.lookup_tokens = TokenBuffer()
+        tokens = seq.lookup_tokens.view(seq.prompt_ids, seq.output_ids)
+        return ngram_draft(tokens, room, cfg.prompt_lookup_min, cfg.prompt_lookup_max)
 
     def _sample(self, seq: Sequence, logits: torch.Tensor) -> tuple[int, bool]:
         """The sequence's next token from `logits`, appended, with the stop rules applied; (token, finished)."""

@@ -68,6 +68,7 @@ class Sequence:
     # how many leading tokens they hold keys/values of (`Engine.add_request(fork_from=)`)
     fork: tuple[list[int], int] | None = None
     keep_blocks: bool = False  # finishing keeps the cache blocks (to fork from) until `Engine.abort`
+    lookup_tokens: Any = None  # prompt lookup: the tokens as an array (speculative.TokenBuffer), made on first use
 
     @property
     def num_tokens(self) -> int:

@@ -18,25 +18,49 @@ from __future__ import annotations
 from collections.abc import Sequence as Seq
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 def ngram_draft(tokens: Seq[int] | np.ndarray, k: int, min_n: int = 1, max_n: int = 3) -> list[int]:
     """Up to `k` tokens that followed the most recent earlier occurrence of the last n tokens of `tokens` (the
-    longest n in max_n..min_n that occurs); [] when none does."""
-    if k <= 0:
-        return []
+    longest n in max_n..min_n that occurs); [] when none does. One pass over the tokens finds where the last token
+    occurs before; longer n-grams are checked at those places only."""
     arr = np.asarray(tokens, dtype=np.int64)
     size = len(arr)
+    if k <= 0 or size < 2:
+        return []
+    ends = np.flatnonzero(arr[:size - 1] == arr[size - 1])  # earlier places of the last token, each followed by one
     for n in range(min(max_n, size - 1), min_n - 1, -1):
-        suffix = arr[size - n:]
-        # windows starting at 0 .. size - n - 1: every occurrence but the suffix itself, each followed by a token
-        windows = sliding_window_view(arr[:size - 1], n)
-        hits = np.flatnonzero((windows == suffix).all(axis=1))
-        if len(hits):
-            start = int(hits[-1]) + n
+        at = ends[ends >= n - 1]
+        match = np.ones(len(at), dtype=bool)
+        for j in range(1, n):
+            match &= arr[at - j] == arr[size - 1 - j]
+        if match.any():
+            start = int(at[match][-1]) + 1
             return arr[start:start + k].tolist()
     return []
+
+
+class TokenBuffer:
+    """A sequence's tokens as a growing int64 array, so a lookup does not rebuild it from lists every step."""
+
+    def __init__(self) -> None:
+        self.array = np.empty(0, dtype=np.int64)
+        self.size = 0
+
+    def view(self, prompt: list[int], output: list[int]) -> np.ndarray:
+        total = len(prompt) + len(output)
+        if total > len(self.array):
+            grown = np.empty(max(total, 2 * len(self.array), 64), dtype=np.int64)
+            grown[:self.size] = self.array[:self.size]
+            self.array = grown
+        if self.size < total:
+            p = len(prompt)
+            if self.size < p:
+                self.array[self.size:p] = prompt[self.size:]
+            start = max(self.size, p)
+            self.array[start:total] = output[start - p:]
+            self.size = total
+        return self.array[:total]
 
 
 def check_lookup(k: int, min_n: int, max_n: int) -> None:
