@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together")
     g.add_argument("--max-batch-tokens", type=int, default=2048, help="token budget per engine step")
     g.add_argument("--chat-format", default="auto", choices=["auto", "instruct", "thinking"])
+    g.add_argument("--chat-template", default=None, metavar="FILE|checkpoint",
+                   help="render prompts with this Jinja chat template (a file, or 'checkpoint' for the one the "
+                        "checkpoint ships) instead of the built-in renderer of the official templates: for "
+                        "fine-tunes whose template differs")
     g.add_argument("--prompt-lookup", type=int, default=0, metavar="K",
                    help="prompt-lookup decoding: up to K draft tokens per step copied from the prompt and output "
                         "(n-gram speculative decoding; greedy requests only, same output, faster where the answer "
@@ -102,6 +107,9 @@ def build_llm(args: argparse.Namespace):
 
     media = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "fps": args.fps,
              "max_frames": args.max_frames}
+    template = getattr(args, "chat_template", None)
+    if template not in (None, "checkpoint") and not os.path.isfile(os.path.expanduser(template)):
+        raise SystemExit(f"error: --chat-template {template}: no such file (or 'checkpoint' for the shipped one)")
     try:  # (before the model loads)
         check_lookup(args.prompt_lookup, args.prompt_lookup_min, args.prompt_lookup_max)
     except ValueError as e:
@@ -116,10 +124,14 @@ def build_llm(args: argparse.Namespace):
                    quantization=getattr(args, "quantization", None),
                    kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"),
                    prompt_lookup=args.prompt_lookup, prompt_lookup_min=args.prompt_lookup_min,
-                   prompt_lookup_max=args.prompt_lookup_max,
+                   prompt_lookup_max=args.prompt_lookup_max, chat_template=template,
                    lora_modules=lora_modules_arg(getattr(args, "lora_modules", None)))
     except (ModelNotFoundError, AdapterError) as e:
         raise SystemExit(f"error: {e}") from None
+    except ValueError as e:
+        if "chat template" in str(e) or "chat_template" in str(e):
+            raise SystemExit(f"error: {e}") from None
+        raise
 
 
 def lora_modules_arg(items: list[str] | None) -> dict[str, str] | None:

@@ -105,7 +105,7 @@ class LLM:
                  lora: str | Path | list[str | Path] | None = None,
                  lora_modules: dict[str, str | Path] | None = None, quantization: str | None = None,
                  kv_cache_dtype: str = "auto", prompt_lookup: int = 0, prompt_lookup_min: int = 1,
-                 prompt_lookup_max: int = 3):
+                 prompt_lookup_max: int = 3, chat_template: str | None = None):
         from qwen3vl.engine.runner import parse_kv_cache_dtype
         from qwen3vl.model.qwen3vl import load_model
         from qwen3vl.processing.processor import load_processor
@@ -143,7 +143,9 @@ class LLM:
                 from qwen3vl.model.quant import quantize_model
 
                 quantize_model(self.model, quantization)
-        self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media)
+        # chat_template: None, our renderer (the official templates); "checkpoint" or a file / text: that template
+        self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media,
+                                        chat_template=chat_template)
         self.tokenizer = self.processor.tokenizer
         self.thinking = self.processor.chat_format == "thinking"
         self.media_defaults = {k: v for k, v in (media or {}).items() if v is not None}

@@ -206,3 +206,27 @@ def test_text_after_a_tool_call_streams_before_the_answer_ends():
     # a block is held while written; not a call without tool parsing (tool_choice "none")
     assert "".join(_filter_stream("A " + _GOOD[:30], [1, 2, 10])) == "A"
     assert "".join(_filter_stream("A " + _GOOD + " B", [3, 9], parse_tools=False)) == "A " + _GOOD + " B"
+
+
+def test_a_custom_chat_template_reaches_the_prompt(tmp_path, capsys):
+    """LLM(chat_template=) and --chat-template render prompts with that template (the processor's tests compare it
+    with transformers); a missing file is refused before the model loads."""
+    from qwen3vl.cli import main
+    from qwen3vl.processing.processor import load_processor
+
+    folder = write_tiny_model(tmp_path / "m")
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}<|im_start|>{{ m.role }}: {{ m.content }}<|im_end|>\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    messages = [{"role": "user", "content": "Hello there"}]
+    custom = qwen3vl.LLM(folder, kv_cache_gb=0.05, chat_template=str(template))
+    ids = custom.prepare(messages).input_ids
+    assert custom.tokenizer.decode(ids) == "<|im_start|>user: Hello there<|im_end|>\n<|im_start|>assistant\n"
+    assert ids != qwen3vl.LLM(folder, kv_cache_gb=0.05).prepare(messages).input_ids
+    assert ids == load_processor(folder, chat_template=str(template)).prepare(messages, add_generation_prompt=True
+                                                                             ).input_ids
+    assert custom.chat(messages, temperature=0, max_tokens=3).usage.prompt_tokens == len(ids)
+    args = ["run", "--model", str(folder), "--kv-cache-gb", "0.05", "--max-tokens", "2", "Hello there"]
+    assert main(args + ["--chat-template", str(template)]) == 0
+    with pytest.raises(SystemExit, match="no such file"):
+        main(args + ["--chat-template", str(tmp_path / "nope.jinja")])

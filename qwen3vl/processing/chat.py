@@ -189,7 +189,7 @@ class _Builder:
         return RenderedChat(chunks, media, dropped)
 
 
-def _check_text(messages: list[dict[str, Any]]) -> None:
+def check_text(messages: list[dict[str, Any]]) -> None:
     for i, m in enumerate(messages):
         texts = [m["content"]] if isinstance(m["content"], str) else [p.get("text", "") for p in m["content"]]
         if isinstance(m.get("reasoning_content"), str):
@@ -227,6 +227,28 @@ def _system_tools_block(system_text: str | None, tools: list[dict[str, Any]]) ->
     return out + TOOLS_HEADER + "".join("\n" + tojson(t) for t in tools) + TOOLS_FOOTER
 
 
+def from_template_text(text: str, messages: list[dict[str, Any]]) -> RenderedChat:
+    """A conversation rendered by some other chat template (its text, media as the one-token placeholders) as a
+    RenderedChat: the placeholders, in order of appearance, are the messages' image and video parts in order. It
+    marks no target spans (a custom template does not say which text is the assistant's)."""
+    refs = [MediaRef(p["type"], p, mi, pi) for mi, m in enumerate(messages) if isinstance(m["content"], list)
+            for pi, p in enumerate(m["content"]) if p.get("type") in ("image", "video")]
+    pieces = re.split(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})", text)
+    kinds = ["image" if piece == IMAGE_PLACEHOLDER else "video" for piece in pieces[1::2]]
+    if kinds != [r.kind for r in refs]:
+        raise MessageFormatError(
+            f"the chat template shows {kinds.count('image')} image(s) and {kinds.count('video')} video(s) "
+            f"({', '.join(kinds) or 'none'}), but the messages hold {', '.join(r.kind for r in refs) or 'none'}: "
+            "it must render every image and video part, in order")
+    chunks: list[tuple[str, int | None, int | None]] = []
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            chunks.append((piece, None, i // 2))
+        elif piece:
+            chunks.append((piece, None, None))
+    return RenderedChat(chunks, refs)
+
+
 def render(
     messages: list[dict[str, Any]],
     chat_format: ChatFormat,
@@ -239,7 +261,7 @@ def render(
 
     `continue_final_message=True` ends the text inside the final message, right after its (last) text, so the model
     continues it (a prefilled answer): transformers' `apply_chat_template(continue_final_message=True)`."""
-    _check_text(messages)
+    check_text(messages)
     if continue_final_message:
         if add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be set: one continues the "

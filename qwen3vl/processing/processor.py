@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from qwen3vl.processing import chat, chat_template
+from qwen3vl.processing import chat_template as templates  # (load_processor's chat_template is an argument)
 from qwen3vl.processing.errors import MediaError, MessageFormatError
 from qwen3vl.processing.image import DEFAULT_MAX_IMAGE_PIXELS, ImageSize, load_image, process_image
 from qwen3vl.processing.media import ProcessedImage, ProcessedVideo
@@ -78,6 +79,7 @@ class Processor:
         video_rule: VideoRule = "qwen-vl-utils",
         fetch: FetchOptions | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        custom_template: str | None = None,
     ):
         if video_layout not in ("unwrapped", "wrapped"):
             raise ValueError(f"video_layout must be 'unwrapped' or 'wrapped', got {video_layout!r}")
@@ -92,6 +94,8 @@ class Processor:
         self.video_rule = video_rule
         self.fetch = fetch or FetchOptions()
         self.max_image_pixels = max_image_pixels
+        # a chat template rendered in the Jinja sandbox instead of our renderer (`load_processor(chat_template=)`)
+        self.custom_template = custom_template
         sp = tokenizer.special
         self._vs, self._ve = tokenizer.id_to_token(sp.vision_start), tokenizer.id_to_token(sp.vision_end)
         self._image_pad, self._video_pad = tokenizer.id_to_token(sp.image), tokenizer.id_to_token(sp.video)
@@ -104,8 +108,23 @@ class Processor:
         """Validated, rendered conversation (text, media slots, target spans). `continue_final_message=True` ends
         inside the final message (pass `add_generation_prompt=False` with it), as transformers does."""
         msgs = normalize_messages(messages)
+        if self.custom_template is not None:
+            return self._render_custom(msgs, normalize_tools(tools), add_generation_prompt, add_vision_id,
+                                       continue_final_message)
         return chat.render(msgs, self.chat_format, normalize_tools(tools), add_generation_prompt, add_vision_id,
                            continue_final_message)
+
+    def _render_custom(self, msgs: list[dict[str, Any]], tools: Any, add_generation_prompt: bool,
+                       add_vision_id: bool, continue_final_message: bool) -> chat.RenderedChat:
+        import jinja2
+
+        chat.check_text(msgs)
+        try:
+            text = chat_template.render_template(self.custom_template, msgs, tools, add_generation_prompt,
+                                                 add_vision_id, continue_final_message)
+        except jinja2.TemplateError as e:  # (the template's own raise_exception, or a template that breaks)
+            raise MessageFormatError(f"the chat template could not render this conversation: {e}") from None
+        return chat.from_template_text(text, msgs)
 
     def render_text(
         self,
@@ -320,12 +339,18 @@ def load_processor(
     remote_timeout_s: float = 10.0,
     max_remote_bytes: int = 256 * 2**20,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    chat_template: str | None = None,
 ) -> Processor:
     """Processor for a checkpoint folder (tokenizer.json required; config.json, preprocessor configs and a chat
     template are read when present).
 
     `chat_format="auto"` takes Instruct/Thinking from the shipped template (a Thinking template reads
     `reasoning_content` and opens `<think>`), else from the folder name, else Instruct.
+
+    `chat_template`: None renders with our renderer (the official templates, exactly); "checkpoint" renders the
+    template the checkpoint ships, and a file path (or a template's text) that template, in transformers' Jinja
+    sandbox, for fine-tunes whose template differs. Such a template must render every image and video part, as
+    the official ones do, and it marks no assistant spans, so it is for generation, not training.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -336,15 +361,37 @@ def load_processor(
             config = json.load(f)
     tokenizer = Tokenizer.from_folder(folder, config)
     image_config, video_config = load_preprocessor_configs(folder)
-    template = chat_template.load_checkpoint_template(folder)
+    template = templates.load_checkpoint_template(folder)
+    custom = _custom_template(chat_template, template)
+    if custom is not None and chat_format == "auto":
+        fmt: chat.ChatFormat = templates.detect_format(custom)
+    else:
+        fmt = _chat_format(folder, template, chat_format) if custom is None else chat_format  # type: ignore
     return Processor(
         tokenizer,
         image_config,
         video_config,
-        _chat_format(folder, template, chat_format),
+        fmt,
         template,
         video_layout,
         video_rule,
         FetchOptions(allow_remote_media, remote_timeout_s, max_remote_bytes),
         max_image_pixels,
+        custom,
     )
+
+
+def _custom_template(option: str | None, shipped: str | None) -> str | None:
+    if option is None:
+        return None
+    if option == "checkpoint":
+        if shipped is None:
+            raise ValueError("chat_template='checkpoint': this checkpoint ships no chat template")
+        return shipped
+    if "{{" in option or "{%" in option:  # a template's text itself
+        return option
+    path = Path(option).expanduser()
+    if path.is_file():
+        return path.read_text("utf-8")
+    raise ValueError(f"chat template {option!r}: no such file (pass a .jinja file, a template's text, or "
+                     "'checkpoint' for the shipped one)")
