@@ -126,6 +126,10 @@ class LLM:
                                "model folder first (qwen3vl train merge --model M --adapter A --out DIR) and load that")
         if quantization is not None and tensor_parallel_size > 1:
             raise ValueError("quantization with tensor_parallel_size > 1 is not supported")
+        # chat_template: None, our renderer (the official templates); "checkpoint" or a file / text: that template
+        # (loaded before the weights, so a bad template fails at once)
+        self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media,
+                                        chat_template=chat_template)
         self._parallel = None
         if tensor_parallel_size > 1:  # other torchrun ranks never return from here (docs/PARALLEL.md)
             from qwen3vl.parallel.launch import start_tensor_parallel
@@ -143,9 +147,6 @@ class LLM:
                 from qwen3vl.model.quant import quantize_model
 
                 quantize_model(self.model, quantization)
-        # chat_template: None, our renderer (the official templates); "checkpoint" or a file / text: that template
-        self.processor = load_processor(folder, chat_format=chat_format, allow_remote_media=allow_remote_media,
-                                        chat_template=chat_template)
         self.tokenizer = self.processor.tokenizer
         self.thinking = self.processor.chat_format == "thinking"
         self.media_defaults = {k: v for k, v in (media or {}).items() if v is not None}

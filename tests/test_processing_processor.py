@@ -292,3 +292,55 @@ def test_a_custom_chat_template_that_drops_media_or_raises_is_refused(folder, tm
         raising(msgs)
     with pytest.raises(ValueError, match="no such file"):
         load_processor(folder, chat_template=str(tmp_path / "missing.jinja"))
+
+
+@pytest.mark.parametrize("body", [
+    "{{ m.content + eos_token }}",                       # the special tokens transformers passes
+    "{{ m.content ~ pad_token }}",
+    "{{ messages | tojson(indent=2, sort_keys=true) }}",  # tojson's keyword arguments
+    "{% if documents is not none %}DOCS{% endif %}{{ m.content }}",
+    "{% if m.name is defined %}[{{ m.name }}]{% endif %}{{ m.content }}",  # a key sent as null is no key
+    "{{ m.thinking or '' }}|{{ m.content }}",           # reasoning under transformers' other name too
+])
+def test_custom_templates_see_what_transformers_gives_them(folder, hf, body):
+    template = "{% for m in messages %}" + body + "\n{% endfor %}"
+    msgs = [{"role": "user", "content": "hi", "name": None},
+            {"role": "assistant", "content": "ok", "reasoning_content": "R"}]
+    ours = load_processor(folder, chat_template=template).render_text(msgs, add_generation_prompt=False)
+    want = hf.apply_chat_template(msgs, chat_template=template, tokenize=False)
+    assert ours == want
+
+
+def test_custom_template_safety_and_errors(folder, tmp_path):
+    target = tmp_path / "written.png"
+    evil = "{% for m in messages %}{% for c in m.content %}{{ c.image.save('" + str(target) + "') }}{% endfor %}" \
+           "{% endfor %}"
+    msgs = [{"role": "user", "content": [{"type": "image", "image": _img(16, 16)}]}]
+    with pytest.raises(MessageFormatError):  # the template sees "<Image>", not the image: nothing to call
+        load_processor(folder, chat_template=evil)(msgs)
+    assert not target.exists()
+    shown = "{% for m in messages %}{% for c in m.content %}{{ c.image }}{{ '<|vision_start|><|image_pad|>" \
+            "<|vision_end|>' }}{% endfor %}{% endfor %}"
+    assert load_processor(folder, chat_template=shown).render_text(msgs, add_generation_prompt=False) == \
+        "<Image><|vision_start|><|image_pad|><|vision_end|>"
+    with pytest.raises(ValueError, match="chat template: line 1"):  # broken templates fail at load
+        load_processor(folder, chat_template="{% for m in messages %}{{ m.content }")
+    with pytest.raises(ValueError, match="chat_format"):
+        load_processor(folder, chat_template=CUSTOM_TEMPLATE, chat_format="bogus")
+    # a prefilled answer whose final message ends with an image: the cut leaves the image out, as our renderer does
+    prefilled = [{"role": "user", "content": "q"},
+                 {"role": "assistant", "content": [{"type": "text", "text": "Look"}, {"type": "image",
+                                                                                     "image": _img(16, 16)}]}]
+    p = load_processor(folder, chat_template="checkpoint")
+    text = p.render_text(prefilled, add_generation_prompt=False, continue_final_message=True)
+    assert text.endswith("Look") and text == load_processor(folder).render_text(
+        prefilled, add_generation_prompt=False, continue_final_message=True)
+
+
+def test_custom_template_format_is_probed():
+    from qwen3vl.processing.chat_template import probe_format
+
+    r1 = ("{% for m in messages %}{{ m.content.split('</think>')[-1] }}{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+    assert probe_format(r1) == "thinking"  # opens <think> without naming reasoning_content
+    assert probe_format(CUSTOM_TEMPLATE) == "instruct"

@@ -227,14 +227,18 @@ def _system_tools_block(system_text: str | None, tools: list[dict[str, Any]]) ->
     return out + TOOLS_HEADER + "".join("\n" + tojson(t) for t in tools) + TOOLS_FOOTER
 
 
-def from_template_text(text: str, messages: list[dict[str, Any]]) -> RenderedChat:
+def from_template_text(text: str, messages: list[dict[str, Any]], partial: bool = False) -> RenderedChat:
     """A conversation rendered by some other chat template (its text, media as the one-token placeholders) as a
     RenderedChat: the placeholders, in order of appearance, are the messages' image and video parts in order. It
-    marks no target spans (a custom template does not say which text is the assistant's)."""
+    marks no target spans (a custom template does not say which text is the assistant's). `partial`: the text was
+    cut inside the final message (continue_final_message), so media after the cut are dropped."""
     refs = [MediaRef(p["type"], p, mi, pi) for mi, m in enumerate(messages) if isinstance(m["content"], list)
             for pi, p in enumerate(m["content"]) if p.get("type") in ("image", "video")]
     pieces = re.split(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})", text)
     kinds = ["image" if piece == IMAGE_PLACEHOLDER else "video" for piece in pieces[1::2]]
+    dropped: list[MediaRef] = []
+    if partial and kinds == [r.kind for r in refs[:len(kinds)]]:
+        refs, dropped = refs[:len(kinds)], refs[len(kinds):]
     if kinds != [r.kind for r in refs]:
         raise MessageFormatError(
             f"the chat template shows {kinds.count('image')} image(s) and {kinds.count('video')} video(s) "
@@ -246,7 +250,7 @@ def from_template_text(text: str, messages: list[dict[str, Any]]) -> RenderedCha
             chunks.append((piece, None, i // 2))
         elif piece:
             chunks.append((piece, None, None))
-    return RenderedChat(chunks, refs)
+    return RenderedChat(chunks, refs, dropped)
 
 
 def render(

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import cache
+from datetime import datetime
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qwen3vl.processing.chat import ChatFormat, tojson
+from qwen3vl.processing.chat import ChatFormat
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,18 @@ def load_checkpoint_template(folder: str | Path) -> str | None:
     return None
 
 
+def probe_format(template: str) -> ChatFormat:
+    """A custom template's format: Thinking if its generation prompt leaves a `<think>` block open (rendered for a
+    one-message probe), or if `detect_format` says so; else Instruct."""
+    try:
+        opened = render_template(template, [{"role": "user", "content": "Hi."}], add_generation_prompt=True)
+    except Exception:  # (a template that will not render the probe: judged by its text)
+        opened = ""
+    if opened.rstrip().endswith("<think>"):
+        return "thinking"
+    return detect_format(template)
+
+
 def detect_format(template: str) -> ChatFormat:
     """Thinking templates open the answer with `<think>` in the generation prompt and read `reasoning_content`."""
     if "<think>" in template and "reasoning_content" in template:
@@ -74,10 +87,36 @@ def _environment():
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
+    def tojson_filter(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+                      separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+        # (what the official templates call, `tojson(x)`, is chat.tojson; fine-tunes' templates may pass the rest)
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
+    env.filters["tojson"] = tojson_filter
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env
+
+
+@lru_cache(maxsize=16)
+def compile_template(template: str):
+    """The template compiled once (jinja2.TemplateSyntaxError for a broken one)."""
+    return _environment().from_string(template)
+
+
+def plain_data(value: Any) -> Any:
+    """What a template may see: JSON-like data, every other object (an image, an array, bytes) replaced by its type
+    name as a string, so a template can test for a part but never call a method of what it holds (as transformers'
+    sandbox does)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    return f"<{type(value).__name__}>"
 
 
 def render_template(
@@ -97,13 +136,12 @@ def render_template(
         if add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be set")
         messages, final = tag_final_message(messages)
-    compiled = _environment().from_string(template)
-    text = compiled.render(
-        messages=messages,
-        tools=tools,
+    text = compile_template(template).render(
+        messages=plain_data(messages),
+        tools=plain_data(tools),
         add_generation_prompt=add_generation_prompt,
         add_vision_id=add_vision_id,
-        **extra,
+        **plain_data(extra),
     )
     if continue_final_message:
         text = text[:continued_length(text, final, len(messages) - 1, "checkpoint's")]

@@ -94,8 +94,10 @@ class Processor:
         self.video_rule = video_rule
         self.fetch = fetch or FetchOptions()
         self.max_image_pixels = max_image_pixels
-        # a chat template rendered in the Jinja sandbox instead of our renderer (`load_processor(chat_template=)`)
+        # a chat template rendered in the Jinja sandbox instead of our renderer (`load_processor(chat_template=)`),
+        # with the special-token variables transformers passes it (bos_token, eos_token, pad_token, unk_token)
         self.custom_template = custom_template
+        self.template_tokens: dict[str, str] = {}
         sp = tokenizer.special
         self._vs, self._ve = tokenizer.id_to_token(sp.vision_start), tokenizer.id_to_token(sp.vision_end)
         self._image_pad, self._video_pad = tokenizer.id_to_token(sp.image), tokenizer.id_to_token(sp.video)
@@ -119,12 +121,15 @@ class Processor:
         import jinja2
 
         chat.check_text(msgs)
+        shown = [_as_template_sees(m) for m in msgs]
         try:
-            text = chat_template.render_template(self.custom_template, msgs, tools, add_generation_prompt,
-                                                 add_vision_id, continue_final_message)
-        except jinja2.TemplateError as e:  # (the template's own raise_exception, or a template that breaks)
+            text = chat_template.render_template(self.custom_template, shown, tools, add_generation_prompt,
+                                                 add_vision_id, continue_final_message, documents=None,
+                                                 **self.template_tokens)
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError, KeyError) as e:
+            # (the template's own raise_exception, or a template that breaks on this conversation)
             raise MessageFormatError(f"the chat template could not render this conversation: {e}") from None
-        return chat.from_template_text(text, msgs)
+        return chat.from_template_text(text, msgs, partial=continue_final_message)
 
     def render_text(
         self,
@@ -363,11 +368,19 @@ def load_processor(
     image_config, video_config = load_preprocessor_configs(folder)
     template = templates.load_checkpoint_template(folder)
     custom = _custom_template(chat_template, template)
-    if custom is not None and chat_format == "auto":
-        fmt: chat.ChatFormat = templates.detect_format(custom)
+    if chat_format not in ("auto", "instruct", "thinking"):
+        raise ValueError(f"chat_format must be 'auto', 'instruct' or 'thinking', got {chat_format!r}")
+    if custom is not None:
+        import jinja2
+
+        try:  # broken templates are found now, not as every request's error
+            templates.compile_template(custom)
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"chat template: line {e.lineno}: {e.message}") from None
+        fmt: chat.ChatFormat = templates.probe_format(custom) if chat_format == "auto" else chat_format
     else:
-        fmt = _chat_format(folder, template, chat_format) if custom is None else chat_format  # type: ignore
-    return Processor(
+        fmt = _chat_format(folder, template, chat_format)
+    processor = Processor(
         tokenizer,
         image_config,
         video_config,
@@ -379,6 +392,35 @@ def load_processor(
         max_image_pixels,
         custom,
     )
+    processor.template_tokens = _template_tokens(folder)
+    return processor
+
+
+def _template_tokens(folder: Path) -> dict[str, str]:
+    """tokenizer_config.json's special tokens, as the variables transformers gives every chat template."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    out = {}
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = config.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def _as_template_sees(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as transformers hands it to a template: keys holding None left out (`name: null` is no name), and
+    the reasoning also under `thinking`, the name other templates read."""
+    out = {k: v for k, v in message.items() if v is not None}
+    if isinstance(out.get("content"), list):
+        out["content"] = [{k: v for k, v in part.items() if v is not None} for part in out["content"]]
+    if "reasoning_content" in out and "thinking" not in out:
+        out["thinking"] = out["reasoning_content"]
+    return out
 
 
 def _custom_template(option: str | None, shipped: str | None) -> str | None:
