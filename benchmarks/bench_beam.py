@@ -17,38 +17,27 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
+
+from side_by_side import add_checkpoint_flags, load_both
 
 IMAGE_GRID = (1, 28, 28)  # 448x448: 28x28 patches, 196 merged tokens
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default="/tmp/qwen3vl-bench-2b")
-    ap.add_argument("--preset", default="2B", help="the random checkpoint's shape, when --ckpt does not exist yet")
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    add_checkpoint_flags(ap)
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=2, help="best of this many timed runs per side and case")
     args = ap.parse_args()
 
     import torch
-    from transformers import Qwen3VLForConditionalGeneration
 
-    import qwen3vl
     from qwen3vl.engine.beam import EngineExpander, beam_search
     from qwen3vl.engine.engine import Engine, EngineConfig
     from qwen3vl.engine.sequence import MediaItem
-    from qwen3vl.model.testing import write_random_checkpoint
 
-    torch.set_num_threads(args.threads)
+    ours, ref = load_both(args)
     dtype = getattr(torch, args.dtype)
-    if not (Path(args.ckpt) / "config.json").exists():
-        print(f"writing a {args.preset}-shaped random {args.dtype} checkpoint to {args.ckpt} ...", flush=True)
-        write_random_checkpoint(args.ckpt, args.preset, seed=0, dtype=dtype)
-    ours = qwen3vl.load_model(args.ckpt, dtype=dtype)
-    ref = Qwen3VLForConditionalGeneration.from_pretrained(args.ckpt, dtype=dtype, attn_implementation="sdpa").eval()
     cfg = ours.config
     engine = Engine(ours, eos_token_ids=[], config=EngineConfig(kv_cache_bytes=1024**3))
 

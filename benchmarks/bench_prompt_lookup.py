@@ -17,36 +17,24 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
+
+from side_by_side import add_checkpoint_flags, load_both
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default="/tmp/qwen3vl-bench-2b")
-    ap.add_argument("--preset", default="2B", help="the random checkpoint's shape, when --ckpt does not exist yet")
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    add_checkpoint_flags(ap)
     ap.add_argument("--lookup", type=int, default=5, help="draft tokens per step (K)")
     ap.add_argument("--lookup-max", type=int, default=3, help="longest n-gram looked up (ours and transformers)")
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=2, help="best of this many timed runs per side and case")
     args = ap.parse_args()
 
     import torch
-    from transformers import Qwen3VLForConditionalGeneration
 
-    import qwen3vl
     from qwen3vl.engine.engine import Engine, EngineConfig
     from qwen3vl.engine.sampling import SamplingParams
-    from qwen3vl.model.testing import write_random_checkpoint
 
-    torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    if not (Path(args.ckpt) / "config.json").exists():
-        print(f"writing a {args.preset}-shaped random {args.dtype} checkpoint to {args.ckpt} ...", flush=True)
-        write_random_checkpoint(args.ckpt, args.preset, seed=0, dtype=dtype)
-    ours = qwen3vl.load_model(args.ckpt, dtype=dtype)
-    ref = Qwen3VLForConditionalGeneration.from_pretrained(args.ckpt, dtype=dtype, attn_implementation="sdpa").eval()
+    ours, ref = load_both(args)
     vocab = ours.config.text_config.vocab_size
     engines = {k: Engine(ours, eos_token_ids=[], config=EngineConfig(
         kv_cache_bytes=512 * 1024**2, prompt_lookup=k, prompt_lookup_max=args.lookup_max, enable_prefix_cache=False))
