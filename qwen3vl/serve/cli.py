@@ -90,10 +90,14 @@ def add_run_batch_parser(sub) -> None:
 
 
 def run_batch(args: argparse.Namespace) -> int:
+    import importlib.util
     import sys
     import time
 
     from qwen3vl.serve import batch
+
+    if importlib.util.find_spec("fastapi") is None:  # (the requests run through the server's app)
+        raise SystemExit("error: `qwen3vl run-batch` needs the serve extra: pip install 'qwen3vl[serve]'")
 
     try:
         if args.input_file == "-":
